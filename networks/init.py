@@ -25,7 +25,9 @@ Initializer = Callable[[nn.Module], None]
 _ATTR = "plasticrl_initializer"
 
 
-def set_initializer(module: nn.Module, initializer: Initializer, *, types: tuple[type, ...] = ()) -> nn.Module:
+def set_initializer(
+    module: nn.Module, initializer: Initializer, *, types: tuple[type, ...] = ()
+) -> nn.Module:
     """Attach ``initializer`` to ``module`` and every descendant that owns parameters.
 
     With ``types``, only descendants that are instances of one of them. The initialiser is

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -51,3 +53,67 @@ def make_activation(name: str) -> nn.Module:
 def activation_width_factor(name: str) -> int:
     """How many output features an activation produces per input feature (2 for CReLU)."""
     return 2 if name == "crelu" else 1
+
+
+def _weight_and_bias(module: nn.Module) -> tuple[nn.Parameter, nn.Parameter | None]:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.dim() < 2:
+        raise TypeError(
+            f"{type(module).__name__} has no weight matrix or kernel (a parameter named 'weight' with at "
+            "least 2 dimensions); attach this initializer to Linear/Conv layers only, e.g. with "
+            "set_initializer(net, init, types=(nn.Linear, nn.Conv2d))"
+        )
+    bias = getattr(module, "bias", None)
+    return weight, bias if isinstance(bias, nn.Parameter) else None
+
+
+class XavierUniformInit:
+    """Glorot-uniform weights and zero bias, an initializer for :func:`set_initializer`.
+
+    Matches Flax's ``nn.initializers.xavier_uniform()`` kernel init with the default zero bias, used by
+    BBF for every layer (google-research ``bigger_better_faster/bbf/spr_networks.py``). For a conv kernel
+    fan-in and fan-out both include the receptive field, as in Flax. A class rather than a closure so
+    that modules carrying it stay picklable.
+    """
+
+    def __init__(self, gain: float = 1.0):
+        self.gain = float(gain)
+
+    def __call__(self, module: nn.Module) -> None:
+        weight, bias = _weight_and_bias(module)
+        nn.init.xavier_uniform_(weight, gain=self.gain)
+        if bias is not None:
+            nn.init.zeros_(bias)
+
+    def __repr__(self) -> str:
+        return f"XavierUniformInit(gain={self.gain})"
+
+
+class OrthogonalInit:
+    """(Semi-)orthogonal weights scaled by ``gain`` and zero bias, an initializer for :func:`set_initializer`.
+
+    The weight viewed as an (out, in·k·k) matrix W satisfies W Wᵀ = gain²·I when out ≤ in (else
+    Wᵀ W = gain²·I). DrQ (denisyarats/drq ``utils.weight_init``) uses gain 1 for Linear layers and
+    the ReLU gain √2 for convolutions.
+    """
+
+    def __init__(self, gain: float = 1.0):
+        self.gain = float(gain)
+
+    def __call__(self, module: nn.Module) -> None:
+        weight, bias = _weight_and_bias(module)
+        nn.init.orthogonal_(weight, gain=self.gain)
+        if bias is not None:
+            nn.init.zeros_(bias)
+
+    def __repr__(self) -> str:
+        return f"OrthogonalInit(gain={self.gain})"
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is a positive int (bools excluded), else a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
