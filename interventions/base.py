@@ -1,0 +1,143 @@
+"""The intervention protocol and running several interventions in an explicit order.
+
+An intervention is bound, at construction, to a network, the modules of it that it acts on (by
+reference), their optimizer(s) and any target copies; the training loop then calls
+``maybe_apply(update_step)`` once after every gradient update. The returned dict says what it did:
+``{"interventions/<name>": 1.0, ...}`` at the updates where it acted, ``{}`` otherwise.
+
+    interventions = InterventionSet([reset, shrink_perturb, hare_tortoise])
+    for step in range(1, num_updates + 1):
+        loss = td_loss + interventions.penalty()      # L2-init adds its term here
+        ...; optimizer.step()
+        writer.log(interventions.maybe_apply(step))
+
+Checkpoints: save ``interventions.state_dict()``; on resume, build the network, optimizer and
+interventions as at the start, then load the interventions' state **before** the network's and the
+optimizer's (plasticity injection re-creates its modules and optimizer groups, whose values the
+network and optimizer state then fill in).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .binding import check_modules_in_network, check_optimizers_hold, mirror_module, resolve_modules
+
+__all__ = ["Intervention", "InterventionSet", "apply_all"]
+
+
+class Intervention(ABC):
+    """Base class: binding checks shared by all interventions, and the per-update protocol."""
+
+    name: str = "intervention"
+
+    def _bind(
+        self,
+        network: nn.Module,
+        modules: Sequence[nn.Module] | None,
+        module_names: Sequence[str],
+        optimizers: Sequence[Optimizer] | None,
+        targets: Sequence[nn.Module],
+        *,
+        needs_optimizer: bool = True,
+    ) -> None:
+        """Resolve and check the bound modules, optimizers and target copies; sets ``self.network``,
+        ``self.modules``, ``self.module_names``, ``self.optimizers``, ``self.targets`` and
+        ``self.target_modules`` (per target copy, the twin of each bound module)."""
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
+        if isinstance(modules, nn.Module):
+            modules = [modules]
+        self.network = network
+        self.modules = list(modules) if modules is not None else resolve_modules(network, module_names)
+        self.module_names = check_modules_in_network(network, self.modules)
+        if isinstance(optimizers, Optimizer):
+            raise TypeError("optimizers must be a sequence of optimizers, e.g. [opt]")
+        self.optimizers = list(optimizers or [])
+        if needs_optimizer or self.optimizers:
+            check_optimizers_hold(self.modules, self.optimizers, self.module_names)
+        if isinstance(targets, nn.Module):
+            targets = [targets]
+        self.targets = list(targets)
+        for target in self.targets:
+            if target is network:
+                raise ValueError("a target copy cannot be the bound network itself")
+        self.target_modules = [
+            [mirror_module(t, n, m) for n, m in zip(self.module_names, self.modules)] for t in self.targets
+        ]
+
+    @abstractmethod
+    def maybe_apply(self, update_step: int) -> dict[str, float]:
+        """Act if the schedule says so after gradient update ``update_step``; return what was done."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State needed to resume (empty for stateless interventions)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (stateless interventions accept only an empty state)."""
+        if state:
+            raise ValueError(f"{self.name} has no state to load, got keys {sorted(state)}")
+
+    def _fired(self, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+        out = {f"interventions/{self.name}": 1.0}
+        for key, value in (extra or {}).items():
+            out[f"interventions/{self.name}/{key}"] = float(value)
+        return out
+
+
+class InterventionSet:
+    """Interventions applied in list order after every update, with one state dict and one loss penalty."""
+
+    def __init__(self, interventions: Sequence[Intervention] = ()):
+        names = [i.name for i in interventions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"intervention names must be unique (they key logs and checkpoints); duplicated: "
+                f"{duplicates}. Pass name=... when binding two of the same kind"
+            )
+        self.interventions = list(interventions)
+
+    def __iter__(self) -> Iterator[Intervention]:
+        return iter(self.interventions)
+
+    def __len__(self) -> int:
+        return len(self.interventions)
+
+    def maybe_apply(self, update_step: int) -> dict[str, float]:
+        """Call every intervention in order; the merged dict of what they did."""
+        return apply_all(self.interventions, update_step)
+
+    def penalty(self) -> torch.Tensor | float:
+        """Sum of the loss terms of interventions that add one (L2-init); 0.0 when none does."""
+        terms = [i.penalty() for i in self.interventions if hasattr(i, "penalty")]
+        return sum(terms[1:], terms[0]) if terms else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every intervention's state, keyed by name."""
+        return {i.name: i.state_dict() for i in self.interventions}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the set of names must match."""
+        ours = {i.name for i in self.interventions}
+        if set(state) != ours:
+            raise ValueError(f"checkpoint has interventions {sorted(state)}, this run has {sorted(ours)}")
+        for intervention in self.interventions:
+            intervention.load_state_dict(state[intervention.name])
+
+
+def apply_all(interventions: Sequence[Intervention], update_step: int) -> dict[str, float]:
+    """Call ``maybe_apply(update_step)`` on each intervention in order; merge what they report."""
+    if isinstance(update_step, bool) or not isinstance(update_step, int) or update_step < 0:
+        raise ValueError(f"update_step must be a non-negative int, got {update_step!r}")
+    out: dict[str, float] = {}
+    for intervention in interventions:
+        out.update(intervention.maybe_apply(update_step))
+    return out

@@ -1,0 +1,153 @@
+"""Binding interventions to modules, optimizers and target copies, with clear errors for bad bindings.
+
+Configs carry module *names* (for the command line); :func:`resolve_modules` turns them into module
+references against one network. Interventions hold those references, never parameter-name strings.
+Target copies (target networks, EMA copies) are whole networks with the same structure as the bound
+network; the part matching a bound module is found by its qualified name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+from torch.optim import Optimizer
+
+__all__ = [
+    "check_modules_in_network",
+    "check_optimizers_hold",
+    "mirror_module",
+    "qualified_name",
+    "resolve_modules",
+    "weight_layers",
+]
+
+
+def weight_layers(root: nn.Module) -> list[nn.Module]:
+    """Modules owning a weight matrix or kernel (Linear, Conv, ...), in registration order."""
+    layers = []
+    for module in root.modules():
+        weight = module._parameters.get("weight")
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+            layers.append(module)
+    return layers
+
+
+def _available_names(root: nn.Module) -> str:
+    names = [name for name, _ in root.named_modules() if name]
+    shown = names if len(names) <= 40 else [name for name, _ in root.named_children()]
+    return ", ".join(shown + ["last:K", "all"])
+
+
+def _resolve_one(root: nn.Module, name: str) -> list[nn.Module]:
+    if name == "all":
+        return [root]
+    if name.startswith("last:"):
+        count_text = name.split(":", 1)[1]
+        layers = weight_layers(root)
+        if not count_text.isdigit() or not 1 <= int(count_text) <= len(layers):
+            raise ValueError(
+                f"{name!r}: 'last:K' needs an integer K between 1 and {len(layers)} (the network's "
+                "weight layers)"
+            )
+        return layers[-int(count_text) :]
+    try:
+        return [root.get_submodule(name)]
+    except AttributeError:
+        raise ValueError(
+            f"{type(root).__name__} has no part named {name!r}; available: {_available_names(root)}"
+        ) from None
+
+
+def resolve_modules(root: nn.Module, names: Iterable[str]) -> list[nn.Module]:
+    """The modules of ``root`` named by ``names``, without duplicates or modules nested in others.
+
+    A name is an attribute path (``"head"``, ``"encoder"``, ``"critic.head"``, ``"encoder.0"``),
+    ``"last:K"`` (the last K weight layers in registration order; normalisation layers are not
+    counted) or ``"all"`` (``root`` itself). A module that lies inside another selected module is
+    dropped, so no parameter is acted on twice.
+    """
+    if isinstance(names, str):
+        raise TypeError(f"names must be a sequence of strings, got the string {names!r}")
+    selected: list[nn.Module] = []
+    for name in names:
+        for module in _resolve_one(root, name):
+            if all(module is not m for m in selected):
+                selected.append(module)
+    if not selected:
+        raise ValueError("no module names given")
+    inside_other = set()
+    for outer in selected:
+        for inner in outer.modules():
+            if inner is not outer:
+                inside_other.add(id(inner))
+    return [m for m in selected if id(m) not in inside_other]
+
+
+def qualified_name(root: nn.Module, module: nn.Module) -> str:
+    """The qualified name of ``module`` in ``root`` (``""`` for ``root`` itself); ValueError if absent."""
+    for name, candidate in root.named_modules(remove_duplicate=False):
+        if candidate is module:
+            return name
+    raise ValueError(
+        f"{type(module).__name__} module is not part of the bound network ({type(root).__name__}); "
+        "pass modules taken from that network (e.g. net.head), not copies"
+    )
+
+
+def check_modules_in_network(root: nn.Module, modules: Sequence[nn.Module]) -> list[str]:
+    """Qualified names of ``modules`` in ``root``; ValueError naming any module that is not part of it."""
+    if not modules:
+        raise ValueError("no modules to bind")
+    return [qualified_name(root, m) for m in modules]
+
+
+def check_optimizers_hold(
+    modules: Sequence[nn.Module], optimizers: Sequence[Optimizer], names: Sequence[str] | None = None
+) -> None:
+    """Check that every trainable parameter of ``modules`` is held by one of ``optimizers``, and that each
+    optimizer holds at least one of them; ValueError otherwise (naming the parameter or optimizer)."""
+    if isinstance(optimizers, Optimizer):
+        raise TypeError("optimizers must be a sequence of optimizers, e.g. [opt]")
+    for opt in optimizers:
+        if not isinstance(opt, Optimizer):
+            raise TypeError(f"expected torch.optim.Optimizer instances, got {type(opt).__name__}")
+    held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    bound = set()
+    names = names or [type(m).__name__ for m in modules]
+    for module, module_name in zip(modules, names):
+        for param_name, param in module.named_parameters():
+            bound.add(id(param))
+            if param.requires_grad and id(param) not in held:
+                raise ValueError(
+                    f"parameter {module_name or '<root>'}.{param_name} is not held by any of the given "
+                    f"{len(optimizers)} optimizer(s); pass the optimizer that trains it"
+                )
+    for i, opt in enumerate(optimizers):
+        if not any(id(p) in bound for group in opt.param_groups for p in group["params"]):
+            raise ValueError(
+                f"optimizer {i} ({type(opt).__name__}) holds none of the bound modules' parameters "
+                f"({', '.join(n or '<root>' for n in names)})"
+            )
+
+
+def mirror_module(target: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """The part of ``target`` (a copy of the bound network) at qualified name ``name``, checked to have
+    parameters and buffers of the same names and shapes as ``module``."""
+    try:
+        twin = target.get_submodule(name) if name else target
+    except AttributeError:
+        raise ValueError(
+            f"target copy {type(target).__name__} has no part {name!r}; targets must be copies of the "
+            "bound network with the same structure"
+        ) from None
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    if ours != theirs:
+        raise ValueError(
+            f"target part {name or '<root>'!r} does not match the bound module's parameters and buffers "
+            "(names or shapes differ)"
+        )
+    if any(p is q for p in module.parameters() for q in twin.parameters()):
+        raise ValueError(f"target part {name or '<root>'!r} shares parameters with the bound network")
+    return twin

@@ -1,0 +1,481 @@
+"""Measurements of plasticity on any ``nn.Module`` with a fixed probe batch (DESIGN.md §4).
+
+Units are the output features (Linear) or channels (Conv) of activation modules (dimension 1 of their
+output); every hidden nonlinearity of this package's networks is such a module. Tags are
+``plasticity/<metric>/<network>`` for the whole network and ``plasticity/<metric>/<network>/<layer>``
+per layer (the activation module's or weight-owning module's qualified name).
+
+- ``dormant_ratio``: τ-dormant units (Sokar et al. 2023): s_i = E|h_i| / (mean_k E|h_k| + 1e-9) over the
+  batch (and spatial positions), dormant if s_i ≤ τ. The network value counts units across layers;
+  ``dormant_ratio_layer_mean`` is the plain mean of the layer ratios (logged too, never confused with it).
+- ``dead_ratio``: units whose activation is exactly zero for every sample (and position).
+- ``srank``: smallest k with Σ_{i≤k} σ_i / Σ_i σ_i ≥ 1 − δ (Kumar et al. 2021), on the penultimate
+  features: the output of the activation module executed last, flattened per sample. Not a "stable rank".
+- ``effective_rank``: exp(−Σ p_i log p_i), p_i = σ_i / Σ σ (Roy & Vetterli 2007).
+- ``feature_norm``: mean over the batch of ‖φ(x)‖₂ of the penultimate features.
+- ``weight_norm``, ``grad_norm`` (from ``.grad`` where present), ``distance_from_init`` (‖θ − θ₀‖₂, needs
+  θ₀: :class:`PlasticityMonitor` keeps it): per weight-owning module and for the whole network.
+
+Measuring never changes the model's outputs, parameters, buffers, gradients, train/eval modes or torch's
+RNG state: the probe forward runs under ``torch.no_grad`` in **eval mode** (so dropout draws nothing and
+BatchNorm uses, and does not update, its running statistics: the network as it is evaluated), and every
+module's mode, every buffer and the CPU/CUDA RNG states are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from plasticrl.networks import ACTIVATION_TYPES, CReLU
+
+__all__ = [
+    "PlasticityMonitor",
+    "UnitStatistics",
+    "activation_statistics",
+    "dormant_mask",
+    "effective_rank",
+    "measure",
+    "probe_mode",
+    "run_forward",
+    "slice_batch",
+    "srank",
+]
+
+SCORE_EPS = 1e-9  # dopamine labs/redo weight_recyclers.py: score / (mean score + 1e-9)
+
+
+def _check_threshold(dormant_threshold: float) -> None:
+    if not float(dormant_threshold) >= 0:
+        raise ValueError(f"dormant_threshold (tau) must be >= 0, got {dormant_threshold}")
+
+
+def _check_delta(rank_delta: float) -> None:
+    if not 0.0 < float(rank_delta) < 1.0:
+        raise ValueError(f"rank_delta (delta) must be in (0, 1), got {rank_delta}")
+
+
+def run_forward(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; a tuple/list is passed as positional arguments, a dict as keyword arguments."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+@contextmanager
+def probe_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for a probe forward; restores every module's mode, every buffer and the RNG states."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _batch_size(inputs: Any) -> int | None:
+    """Size of dim 0 of the first tensor in ``inputs`` (a tensor, tuple, list or dict), or None."""
+    if torch.is_tensor(inputs):
+        return inputs.shape[0] if inputs.dim() > 0 else None
+    if isinstance(inputs, Mapping):
+        inputs = list(inputs.values())
+    if isinstance(inputs, (tuple, list)):
+        for value in inputs:
+            size = _batch_size(value)
+            if size is not None:
+                return size
+    return None
+
+
+def slice_batch(inputs: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of a batch: every tensor (also inside tuples, lists, dicts) along dim 0."""
+    if torch.is_tensor(inputs):
+        return inputs[start:stop] if inputs.dim() > 0 else inputs
+    if isinstance(inputs, Mapping):
+        return {k: slice_batch(v, start, stop) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(slice_batch(v, start, stop) for v in inputs)
+    return inputs
+
+
+@dataclass
+class UnitStatistics:
+    """Per-unit statistics of one activation module's output on a batch (units along dimension 1)."""
+
+    mean_abs: torch.Tensor  # E|h_i| over the batch and spatial positions
+    max_abs: torch.Tensor  # max |h_i|; 0 exactly when the unit is dead on the whole batch
+
+
+# Activations whose outputs are never negative: |h| = h, so the reductions skip the abs.
+NON_NEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, CReLU)
+
+
+def unit_sums(output: torch.Tensor, non_negative: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(Σ|h_i|, max|h_i|, samples × positions) over every dimension but the unit dimension 1."""
+    if output.dim() < 2:
+        raise ValueError(
+            f"activation outputs need a batch and a unit dimension, got shape {tuple(output.shape)}"
+        )
+    x = output.detach()
+    dims = [d for d in range(x.dim()) if d != 1]
+    if non_negative:
+        return x.sum(dim=dims), x.amax(dim=dims), x.numel() // x.shape[1]
+    total = torch.linalg.vector_norm(x, ord=1, dim=dims)
+    return total, torch.linalg.vector_norm(x, ord=math.inf, dim=dims), x.numel() // x.shape[1]
+
+
+def activation_statistics(
+    model: nn.Module,
+    inputs: Any,
+    modules: Mapping[str, nn.Module] | None = None,
+    *,
+    keep_last_output: bool = False,
+    chunk_size: int | None = 64,
+) -> tuple[dict[str, UnitStatistics], torch.Tensor | None]:
+    """Per-unit statistics of ``modules`` (default: every activation module) on the probe batch.
+
+    Statistics are reduced inside the hooks, so large activations are never all held at once, and the
+    batch runs in chunks of ``chunk_size`` samples (eval mode makes samples independent; smaller
+    working sets are faster on CPUs; None: one forward). A module called several times per forward
+    accumulates over its calls. With ``keep_last_output``, also returns the output of the module
+    executed last (the penultimate features when the head has no activation), for the whole batch.
+    Runs in :func:`probe_mode` under ``torch.no_grad``.
+    """
+    if modules is None:
+        modules = {name: m for name, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+    sums: dict[str, list] = {}
+    last_per_chunk: list[torch.Tensor] = []
+    current_last: list[torch.Tensor] = []
+
+    def make_hook(name: str, non_negative: bool):
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            total, peak, count = unit_sums(output, non_negative)
+            if name in sums:
+                acc = sums[name]
+                acc[0] = acc[0] + total
+                acc[1] = torch.maximum(acc[1], peak)
+                acc[2] += count
+            else:
+                sums[name] = [total, peak, count]
+            if keep_last_output:
+                current_last[:] = [output.detach()]
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(make_hook(name, isinstance(m, NON_NEGATIVE_ACTIVATIONS)))
+        for name, m in modules.items()
+    ]
+    size = _batch_size(inputs)
+    step = size if chunk_size is None or size is None else chunk_size
+    try:
+        with probe_mode(model), torch.no_grad():
+            for start in range(0, size or 1, step or 1):
+                run_forward(model, inputs if size is None else slice_batch(inputs, start, start + step))
+                last_per_chunk.extend(current_last)
+                current_last.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    stats = {
+        name: UnitStatistics(sums[name][0] / sums[name][2], sums[name][1]) for name in modules if name in sums
+    }
+    last = torch.cat(last_per_chunk) if last_per_chunk else None
+    return stats, last
+
+
+def dormant_mask(stats: UnitStatistics, threshold: float) -> torch.Tensor:
+    """Boolean mask of τ-dormant units: E|h_i| / (mean_k E|h_k| + 1e-9) ≤ τ."""
+    score = stats.mean_abs / (stats.mean_abs.mean() + SCORE_EPS)
+    return score <= threshold
+
+
+def _singular_values(features: torch.Tensor) -> torch.Tensor:
+    if features.dim() != 2:
+        raise ValueError(f"features must be a (samples, dims) matrix, got shape {tuple(features.shape)}")
+    return torch.linalg.svdvals(features.detach().to(torch.float32))
+
+
+def _srank_from_singular_values(sv: torch.Tensor, delta: float) -> int:
+    total = sv.sum()
+    if total <= 0:
+        return 0
+    cumulative = torch.cumsum(sv, dim=0) / total
+    # Tolerance for float rounding of the cumulative sum at exactly 1 − δ.
+    return int(torch.searchsorted(cumulative, cumulative.new_tensor([1.0 - delta - 1e-6]))[0].item()) + 1
+
+
+def _effective_rank_from_singular_values(sv: torch.Tensor) -> float:
+    total = sv.sum()
+    if total <= 0:
+        return 0.0
+    p = sv / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()).item())
+
+
+def srank(features: torch.Tensor, delta: float = 0.01) -> int:
+    """srank_δ of a (samples, dims) feature matrix (Kumar et al. 2021)."""
+    _check_delta(delta)
+    return _srank_from_singular_values(_singular_values(features), delta)
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """Effective rank exp(H(σ/‖σ‖₁)) of a (samples, dims) feature matrix (Roy & Vetterli 2007)."""
+    return _effective_rank_from_singular_values(_singular_values(features))
+
+
+def _param_owners(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
+    owners = []
+    for name, module in model.named_modules():
+        params = [(f"{name}.{k}" if name else k, p) for k, p in module._parameters.items() if p is not None]
+        if params:
+            owners.append((name or "_root", params))
+    return owners
+
+
+def _norm_tags(
+    metric: str, network: str, per_layer: list[tuple[str, torch.Tensor]], out: dict[str, float]
+) -> None:
+    if not per_layer:
+        return
+    values = torch.stack([value.detach().double().cpu() for _, value in per_layer]).tolist()
+    out[f"plasticity/{metric}/{network}"] = math.sqrt(sum(v * v for v in values))
+    for (layer, _), value in zip(per_layer, values):
+        out[f"plasticity/{metric}/{network}/{layer}"] = value
+
+
+@torch.no_grad()
+def _weight_metrics(
+    model: nn.Module, network: str, initial_params: Mapping[str, torch.Tensor] | None
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    weights, grads, distances = [], [], []
+    for layer, params in _param_owners(model):
+        weights.append((layer, torch.linalg.vector_norm(torch.stack([p.detach().norm() for _, p in params]))))
+        with_grad = [p.grad for _, p in params if p.grad is not None]
+        if with_grad:
+            grads.append((layer, torch.linalg.vector_norm(torch.stack([g.norm() for g in with_grad]))))
+        if initial_params is not None:
+            pairs = [
+                (p, initial_params[n])
+                for n, p in params
+                if n in initial_params and initial_params[n].shape == p.shape
+            ]
+            if pairs:
+                dists = torch.stack([torch.dist(p.detach(), p0.to(p.device)) for p, p0 in pairs])
+                distances.append((layer, torch.linalg.vector_norm(dists)))
+    _norm_tags("weight_norm", network, weights, out)
+    _norm_tags("grad_norm", network, grads, out)
+    _norm_tags("distance_from_init", network, distances, out)
+    return out
+
+
+def _activation_metrics(
+    stats: Mapping[str, UnitStatistics], network: str, dormant_threshold: float
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if not stats:
+        return out
+    dormant_counts, dead_counts, sizes = [], [], []
+    for stat in stats.values():
+        dormant_counts.append(dormant_mask(stat, dormant_threshold).sum())
+        dead_counts.append((stat.max_abs == 0).sum())
+        sizes.append(stat.mean_abs.numel())
+    dormant = torch.stack(dormant_counts).tolist()
+    dead = torch.stack(dead_counts).tolist()
+    total = sum(sizes)
+    for metric, counts in (("dormant_ratio", dormant), ("dead_ratio", dead)):
+        # Unit-weighted: a 10-unit layer weighs 10/N, not 1/L (peers average layer ratios).
+        out[f"plasticity/{metric}/{network}"] = sum(counts) / total
+        ratios = [c / n for c, n in zip(counts, sizes)]
+        out[f"plasticity/{metric}_layer_mean/{network}"] = sum(ratios) / len(ratios)
+        for layer, ratio in zip(stats, ratios):
+            out[f"plasticity/{metric}/{network}/{layer}"] = ratio
+    return out
+
+
+def _feature_metrics(features: torch.Tensor, network: str, rank_delta: float, suffix: str = "") -> dict:
+    flat = features.reshape(features.shape[0], -1).to(torch.float32)
+    sv = torch.linalg.svdvals(flat)
+    return {
+        f"plasticity/srank/{network}{suffix}": float(_srank_from_singular_values(sv, rank_delta)),
+        f"plasticity/effective_rank/{network}{suffix}": _effective_rank_from_singular_values(sv),
+        f"plasticity/feature_norm/{network}{suffix}": float(flat.norm(dim=1).mean().item()),
+    }
+
+
+def measure(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    dormant_threshold: float = 0.025,
+    rank_delta: float = 0.01,
+    name: str = "network",
+    per_layer_rank: bool = False,
+    initial_params: Mapping[str, torch.Tensor] | None = None,
+    chunk_size: int | None = 64,
+) -> dict[str, float]:
+    """All diagnostics of ``model`` on the probe batch ``inputs``, as flat ``{tag: float}``.
+
+    Args:
+        model: any module; its activation modules define the units.
+        inputs: the probe batch (a tensor, a tuple of positional arguments or a dict of keyword arguments).
+        dormant_threshold: τ for ``dormant_ratio`` (0.025 for logging, Sokar et al. 2023).
+        rank_delta: δ for ``srank`` (0.01, Kumar et al. 2021).
+        name: the network's name in the tags (``plasticity/<metric>/<name>``).
+        per_layer_rank: also srank / effective rank / feature norm of every activation module's output
+            (flattened per sample; costs one SVD per layer).
+        initial_params: θ₀ by parameter name (``model.named_parameters()``) for ``distance_from_init``.
+        chunk_size: samples per probe forward (the batch is split; None: one forward).
+    """
+    _check_threshold(dormant_threshold)
+    _check_delta(rank_delta)
+    if not name or "/" in name:
+        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    out: dict[str, float] = {}
+    if per_layer_rank:
+        out.update(_per_layer_rank(model, inputs, name, rank_delta))
+    stats, features = activation_statistics(model, inputs, keep_last_output=True, chunk_size=chunk_size)
+    out.update(_activation_metrics(stats, name, dormant_threshold))
+    if features is not None:
+        out.update(_feature_metrics(features, name, rank_delta))
+    out.update(_weight_metrics(model, name, initial_params))
+    return out
+
+
+def _per_layer_rank(model: nn.Module, inputs: Any, network: str, rank_delta: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def make_hook(layer: str):
+        def hook(_m: nn.Module, _i: Any, output: torch.Tensor) -> None:
+            outputs[layer] = output.detach()
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(layer)) for layer, m in modules.items()]
+    try:
+        with probe_mode(model), torch.no_grad():
+            run_forward(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer, output in outputs.items():
+        out.update(_feature_metrics(output, network, rank_delta, suffix=f"/{layer}"))
+    return out
+
+
+class PlasticityMonitor:
+    """Diagnostics of one network on a fixed probe batch, with the state that :func:`measure` lacks.
+
+    Keeps θ₀ (for ``distance_from_init``) and the dormant units at the last :meth:`mark_reset`, so
+    that later measurements report ``dormant_overlap``: the fraction of units dormant right before the
+    reset that are dormant again now (per layer and for the network; dopamine's ReDo logs this as
+    ``dead_intersected_percent``).
+
+        monitor = PlasticityMonitor(q_net, probe_obs, name="q")
+        ...
+        if step % diagnostics_every == 0:
+            log(monitor.measure())          # after backward: grad_norm is read from .grad
+        monitor.mark_reset(); reset.apply()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probe_inputs: Any,
+        *,
+        name: str = "network",
+        dormant_threshold: float = 0.025,
+        rank_delta: float = 0.01,
+        per_layer_rank: bool = False,
+        chunk_size: int | None = 64,
+    ):
+        _check_threshold(dormant_threshold)
+        _check_delta(rank_delta)
+        self.model = model
+        self.probe_inputs = probe_inputs
+        self.name = name
+        self.dormant_threshold = dormant_threshold
+        self.rank_delta = rank_delta
+        self.per_layer_rank = per_layer_rank
+        self.chunk_size = chunk_size
+        self.initial_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.dormant_at_reset: dict[str, torch.Tensor] | None = None
+
+    def dormant_masks(self) -> dict[str, torch.Tensor]:
+        """Per activation module, the mask of τ-dormant units on the probe batch now."""
+        stats, _ = activation_statistics(self.model, self.probe_inputs, chunk_size=self.chunk_size)
+        return {layer: dormant_mask(s, self.dormant_threshold) for layer, s in stats.items()}
+
+    def mark_reset(self) -> None:
+        """Record the dormant units now (call right before a reset / recycling step)."""
+        self.dormant_at_reset = self.dormant_masks()
+
+    def measure(self) -> dict[str, float]:
+        """All diagnostics (see :func:`measure`) plus ``distance_from_init`` and ``dormant_overlap``."""
+        out = measure(
+            self.model,
+            self.probe_inputs,
+            dormant_threshold=self.dormant_threshold,
+            rank_delta=self.rank_delta,
+            name=self.name,
+            per_layer_rank=self.per_layer_rank,
+            initial_params=self.initial_params,
+            chunk_size=self.chunk_size,
+        )
+        if self.dormant_at_reset is not None:
+            out.update(self._overlap())
+        return out
+
+    def _overlap(self) -> dict[str, float]:
+        now = self.dormant_masks()
+        out: dict[str, float] = {}
+        before_total = both_total = 0
+        for layer, before in self.dormant_at_reset.items():
+            current = now.get(layer)
+            if current is None or current.shape != before.shape:
+                continue
+            before_count = int(before.sum())
+            both = int((before & current.to(before.device)).sum())
+            before_total += before_count
+            both_total += both
+            out[f"plasticity/dormant_overlap/{self.name}/{layer}"] = (
+                both / before_count if before_count else 0.0
+            )
+        out[f"plasticity/dormant_overlap/{self.name}"] = both_total / before_total if before_total else 0.0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """θ₀ and the dormant masks at the last reset, for checkpoints."""
+        return {"initial_params": self.initial_params, "dormant_at_reset": self.dormant_at_reset}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.initial_params = {k: v.clone() for k, v in state["initial_params"].items()}
+        masks = state["dormant_at_reset"]
+        self.dormant_at_reset = None if masks is None else {k: v.clone() for k, v in masks.items()}

@@ -1,0 +1,125 @@
+"""ReDo: recycle τ-dormant units (Sokar et al. 2023; dopamine ``labs/redo/weight_recyclers.py``).
+
+On schedule, units are scored on a batch: s_i = E|h_i| / (mean_k E|h_k| + 1e-9) (convs: the mean runs
+over the batch and spatial positions), and every unit with s_i ≤ τ is recycled: incoming weights re-drawn
+from the incoming layer's own initialiser, its bias zeroed, outgoing weights zeroed, and the optimizer
+moments of exactly those entries zeroed (step counters kept, as optax's count is in dopamine). Because
+the outgoing weights are zero, the network computes the same function right after recycling. The output
+layer is never recycled; which layers are recyclable is decided from the data flow
+(:mod:`plasticrl.interventions.units`), and :attr:`ReDo.skipped` says why the others are not.
+
+Targets: ``same`` (default) recycles the same units of each target copy with the same fresh incoming
+weights and zero outgoing weights (a target that lags the online network keeps its other entries, and
+computes the same function too); ``sync`` copies the affected layers from the online network; ``keep``
+leaves targets alone (dopamine's choice, where the target is re-synced periodically anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .base import Intervention
+from .config import ReDoConfig
+from .diagnostics import activation_statistics, dormant_mask
+from .units import UnitGroup, find_unit_groups, recycle_units_, sync_group_
+
+__all__ = ["ReDo"]
+
+
+class ReDo(Intervention):
+    """Recycle dormant units of ``network`` on schedule.
+
+    Args:
+        config: schedule, τ (``threshold``), module names and target rule.
+        network: the network whose hidden units are recycled.
+        batch_fn: returns the batch to score units on (e.g. ``lambda: buffer.sample(256).obs``); called
+            once at construction (to find the layers) and at each recycling step.
+        optimizers: the optimizer(s) training ``network``.
+        targets: copies of ``network`` that track it; parts match by name.
+        modules: explicit module references instead of ``config.modules``: only units whose incoming
+            layer lies inside them are recycled.
+        name: log and checkpoint key (default ``"redo"``).
+    """
+
+    def __init__(
+        self,
+        config: ReDoConfig,
+        network: nn.Module,
+        batch_fn: Callable[[], Any],
+        optimizers: Sequence[Optimizer],
+        targets: Sequence[nn.Module] = (),
+        *,
+        modules: Sequence[nn.Module] | None = None,
+        name: str = "redo",
+    ):
+        if not callable(batch_fn):
+            raise TypeError("batch_fn must be a callable returning the batch to score units on")
+        self.config = config
+        self.name = name
+        self.batch_fn = batch_fn
+        self._bind(network, modules, config.modules, optimizers, targets)
+        groups, skipped = find_unit_groups(network, batch_fn(), within=self.modules)
+        if not groups:
+            reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no activation modules"
+            raise ValueError(f"ReDo found no recyclable hidden layer in the bound modules ({reasons})")
+        self.groups: list[UnitGroup] = groups
+        self.skipped: dict[str, str] = skipped
+        self.mirrors = [[g.mirror(network, t) for g in groups] for t in self.targets]
+        self.previous_masks: dict[str, torch.Tensor] | None = None
+
+    def dormant_masks(self, inputs: Any) -> dict[str, torch.Tensor]:
+        """Per recyclable group, the mask of τ-dormant units on ``inputs``."""
+        modules = {g.name: g.activation for g in self.groups}
+        stats, _ = activation_statistics(self.network, inputs, modules)
+        return {name: dormant_mask(s, self.config.threshold) for name, s in stats.items()}
+
+    def recycle(self, inputs: Any) -> dict[str, float]:
+        """Score units on ``inputs`` and recycle the dormant ones now; returns counts for logging."""
+        return self.recycle_masks(self.dormant_masks(inputs))
+
+    def recycle_masks(self, masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Recycle the units marked in ``masks`` (by group name, as from :meth:`dormant_masks`)."""
+        if set(masks) != {g.name for g in self.groups}:
+            raise ValueError(f"masks must cover exactly the groups {[g.name for g in self.groups]}")
+        assignments = [(g, masks[g.name].nonzero().flatten()) for g in self.groups]
+        twins = [[m[i] for m in self.mirrors] for i in range(len(self.groups))]
+        recycle_units_(assignments, self.optimizers, twins if self.config.target_rule == "same" else ())
+        if self.config.target_rule == "sync":
+            for (group, units), group_twins in zip(assignments, twins):
+                for twin in group_twins if units.numel() else ():
+                    sync_group_(group, twin)
+        recycled = sum(units.numel() for _, units in assignments)
+        total = sum(m.numel() for m in masks.values())
+        out = {"recycled_units": float(recycled), "recycled_fraction": recycled / total}
+        if self.previous_masks is not None:
+            # dopamine's dead_intersected_percent: units dormant at the previous recycling step that are
+            # dormant again now (as a fraction).
+            before = sum(int(self.previous_masks[k].sum()) for k in masks if k in self.previous_masks)
+            both = sum(
+                int((self.previous_masks[k].to(m.device) & m).sum())
+                for k, m in masks.items()
+                if k in self.previous_masks
+            )
+            out["dormant_overlap"] = both / before if before else 0.0
+        self.previous_masks = {k: m.detach().cpu() for k, m in masks.items()}
+        return out
+
+    def maybe_apply(self, update_step: int) -> dict[str, float]:
+        """Recycle on a fresh batch from ``batch_fn`` if the schedule fires."""
+        if not self.config.fires(update_step):
+            return {}
+        return self._fired(self.recycle(self.batch_fn()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The dormant masks of the last recycling step (for the overlap metric)."""
+        return {"previous_masks": self.previous_masks}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        masks = state["previous_masks"]
+        self.previous_masks = None if masks is None else {k: v.clone() for k, v in masks.items()}
