@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,17 @@ def test_pyproject_maps_every_folder_into_the_one_namespace():
     assert set(config["packages"]) == expected
 
 
+def _installed_distribution() -> importlib.metadata.Distribution:
+    """The distribution pip installed into site-packages (not the build's ``plasticrl.egg-info`` in the
+    repository root, which ``python -m pytest`` would find first through the current directory)."""
+    site = sysconfig.get_paths()["purelib"]
+    found = list(importlib.metadata.Distribution.discover(name="plasticrl", path=[site]))
+    assert found, f"plasticrl is not installed in {site}"
+    return found[0]
+
+
 def test_distribution_declares_only_plasticrl():
-    dist = importlib.metadata.distribution("plasticrl")
+    dist = _installed_distribution()
     top_level = dist.read_text("top_level.txt")
     if top_level is not None:
         assert top_level.split() == ["plasticrl"]
