@@ -27,7 +27,13 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .binding import check_modules_in_network, check_optimizers_hold, mirror_module, resolve_modules
+from .binding import (
+    check_modules_in_network,
+    check_optimizers_hold,
+    mirror_module,
+    qualified_name,
+    resolve_modules,
+)
 
 __all__ = ["Intervention", "InterventionSet", "apply_all"]
 
@@ -46,10 +52,14 @@ class Intervention(ABC):
         targets: Sequence[nn.Module],
         *,
         needs_optimizer: bool = True,
+        check_optimizers: bool = True,
     ) -> None:
         """Resolve and check the bound modules, optimizers and target copies; sets ``self.network``,
         ``self.modules``, ``self.module_names``, ``self.optimizers``, ``self.targets`` and
-        ``self.target_modules`` (per target copy, the twin of each bound module)."""
+        ``self.target_modules`` (per target copy, the twin of each bound module).
+
+        With ``check_optimizers=False`` the optimizer check is left to the caller, which knows more
+        modules it touches (see :meth:`_check_optimizers_cover`)."""
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be an nn.Module, got {type(network).__name__}")
         if isinstance(modules, nn.Module):
@@ -60,7 +70,7 @@ class Intervention(ABC):
         if isinstance(optimizers, Optimizer):
             raise TypeError("optimizers must be a sequence of optimizers, e.g. [opt]")
         self.optimizers = list(optimizers or [])
-        if needs_optimizer or self.optimizers:
+        if check_optimizers and (needs_optimizer or self.optimizers):
             check_optimizers_hold(self.modules, self.optimizers, self.module_names)
         if isinstance(targets, nn.Module):
             targets = [targets]
@@ -71,6 +81,24 @@ class Intervention(ABC):
         self.target_modules = [
             [mirror_module(t, n, m) for n, m in zip(self.module_names, self.modules)] for t in self.targets
         ]
+
+    def _check_optimizers_cover(self, touched: Mapping[nn.Module, str]) -> None:
+        """Check that the optimizers hold every trainable parameter of the bound modules and of the
+        modules in ``touched`` (module → what is done to it), and that each optimizer trains some part of
+        the bound network (so all of a network's optimizers may be passed).
+
+        Unit-level interventions change layers found from the data flow, which may lie outside the bound
+        modules (the layer after ``body`` reading its units is the head): their optimizer state must be
+        reset too (peers.md mistake #3), so their optimizer must be given."""
+        modules = list(self.modules)
+        names = list(self.module_names)
+        why: dict[int, str] = {}
+        for module, note in touched.items():
+            why.setdefault(id(module), note)
+            if all(module is not m for m in modules):
+                modules.append(module)
+                names.append(qualified_name(self.network, module))
+        check_optimizers_hold(modules, self.optimizers, names, why=why, scope=self.network)
 
     @abstractmethod
     def maybe_apply(self, update_step: int) -> dict[str, float]:

@@ -8,7 +8,7 @@ network; the part matching a bound module is found by its qualified name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 from torch.optim import Optimizer
@@ -103,10 +103,20 @@ def check_modules_in_network(root: nn.Module, modules: Sequence[nn.Module]) -> l
 
 
 def check_optimizers_hold(
-    modules: Sequence[nn.Module], optimizers: Sequence[Optimizer], names: Sequence[str] | None = None
+    modules: Sequence[nn.Module],
+    optimizers: Sequence[Optimizer],
+    names: Sequence[str] | None = None,
+    *,
+    why: Mapping[int, str] | None = None,
+    scope: nn.Module | None = None,
 ) -> None:
     """Check that every trainable parameter of ``modules`` is held by one of ``optimizers``, and that each
-    optimizer holds at least one of them; ValueError otherwise (naming the parameter or optimizer)."""
+    optimizer holds at least one of them (with ``scope``: at least one parameter of ``scope``, e.g. the
+    whole network); ValueError otherwise (naming the parameter or optimizer).
+
+    ``why`` maps ``id(module)`` to a note on what the intervention does to that module, quoted in the
+    error (e.g. "ReDo zeroes the columns reading recycled units").
+    """
     if isinstance(optimizers, Optimizer):
         raise TypeError("optimizers must be a sequence of optimizers, e.g. [opt]")
     for opt in optimizers:
@@ -119,16 +129,22 @@ def check_optimizers_hold(
         for param_name, param in module.named_parameters():
             bound.add(id(param))
             if param.requires_grad and id(param) not in held:
+                note = (why or {}).get(id(module))
                 raise ValueError(
                     f"parameter {module_name or '<root>'}.{param_name} is not held by any of the given "
-                    f"{len(optimizers)} optimizer(s); pass the optimizer that trains it"
+                    f"{len(optimizers)} optimizer(s){f' ({note})' if note else ''}; pass the optimizer "
+                    "that trains it, so that its optimizer state is reset with the weights"
                 )
+    if scope is not None:
+        bound = {id(p) for p in scope.parameters()}
     for i, opt in enumerate(optimizers):
         if not any(id(p) in bound for group in opt.param_groups for p in group["params"]):
-            raise ValueError(
-                f"optimizer {i} ({type(opt).__name__}) holds none of the bound modules' parameters "
-                f"({', '.join(n or '<root>' for n in names)})"
+            what = (
+                f"the bound network ({type(scope).__name__})"
+                if scope is not None
+                else f"the bound modules ({', '.join(n or '<root>' for n in names)})"
             )
+            raise ValueError(f"optimizer {i} ({type(opt).__name__}) holds none of the parameters of {what}")
 
 
 def mirror_module(target: nn.Module, name: str, module: nn.Module) -> nn.Module:

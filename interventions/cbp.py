@@ -17,6 +17,20 @@ step is kept, whereas the authors' AdamGnT resets a per-entry step). Targets: ``
 the same units of each target copy with the same fresh values, ``sync`` copies the affected layers,
 ``keep`` leaves them.
 
+Bias correction (``config.bias_correction``, off by default; ``gen_new_features`` in gnt.py): before its
+outgoing weights are zeroed, a replaced unit's mean contribution is moved into the bias of each layer
+reading it, b ← b + W_out[:, i]·m̂_i, where m̂_i = m_i / (1 − η^age_i) and m_i ← η·m_i + (1−η)·E[h_i] is
+a running mean of the unit's (signed) activation over the same forward passes as the utility. The
+outputs then keep their mean over recent inputs: on an input they change by W_out[:, i]·(m̂_i − h_i)
+instead of −W_out[:, i]·h_i. For a Linear layer reading a flattened conv output, m is kept per channel
+and position (each column gets its own mean); for a Conv2d reader, per channel, added as m̂_i·Σ_k W[:, i, k]
+(exact in expectation away from zero-padded borders). Layers without a bias get no correction; with the
+``same`` target rule a target copy's readers get the correction computed with their own weights. In gnt.py
+``test_features`` sets the replaced units' mean activation to zero before ``gen_new_features`` reads it,
+so the released code in effect adds nothing (convGnT.py and cbp_linear.py have no correction, and the
+Nature paper describes none); the default (off) matches the published algorithm and the released code's
+effective behaviour, and ``bias_correction=True`` uses the running mean as gnt.py's code intends.
+
 Activations are read by forward hooks on the activation modules, from forward passes run with gradients
 enabled (the training forward passes; acting and target computations under ``torch.no_grad`` are
 ignored). Call :meth:`ContinualBackprop.remove_hooks` when done with it.
@@ -34,7 +48,7 @@ from torch.optim import Optimizer
 from .base import Intervention
 from .config import CBPConfig
 from .diagnostics import NON_NEGATIVE_ACTIVATIONS, unit_sums
-from .units import UnitGroup, find_unit_groups, recycle_units_, sync_group_
+from .units import UnitGroup, find_unit_groups, group_modules, recycle_units_, sync_group_
 
 __all__ = ["ContinualBackprop"]
 
@@ -60,10 +74,12 @@ class ContinualBackprop(Intervention):
     """Generate-and-test replacement of low-utility mature units after every update.
 
     Args:
-        config: ``replacement_rate``, ``decay_rate`` (η), ``maturity_threshold``, modules, target rule.
+        config: ``replacement_rate``, ``decay_rate`` (η), ``maturity_threshold``, modules, target rule,
+            ``bias_correction``.
         network: the network whose hidden units are replaced.
         example_inputs: one batch of inputs, used once to find the layers (a couple of samples suffice).
-        optimizers: the optimizer(s) training ``network``.
+        optimizers: the optimizer(s) training ``network`` (all of them may be passed); every layer
+            writing or reading a replaceable unit, also one outside ``modules``, must be held.
         targets: copies of ``network`` that track it; parts match by name.
         modules: explicit module references instead of ``config.modules``.
         name: log and checkpoint key (default ``"cbp"``).
@@ -82,34 +98,52 @@ class ContinualBackprop(Intervention):
     ):
         self.config = config
         self.name = name
-        self._bind(network, modules, config.modules, optimizers, targets)
+        self._bind(network, modules, config.modules, optimizers, targets, check_optimizers=False)
         groups, skipped = find_unit_groups(network, example_inputs, within=self.modules)
         if not groups:
             reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no activation modules"
             raise ValueError(f"continual backprop found no replaceable hidden layer ({reasons})")
         self.groups: list[UnitGroup] = groups
         self.skipped = skipped
+        # The layers reading the units may lie outside the bound modules (the head after "body").
+        self._check_optimizers_cover(group_modules(groups, self.name))
         self.mirrors = [[g.mirror(network, t) for g in groups] for t in self.targets]
         device = groups[0].incoming.weight.device
         self.utility = {g.name: torch.zeros(g.num_units, device=device) for g in groups}
         self.age = {g.name: torch.zeros(g.num_units, dtype=torch.long, device=device) for g in groups}
         self.accumulated = {g.name: 0.0 for g in groups}
-        self._activity: dict[str, torch.Tensor] = {}
-        self._forwards: dict[str, int] = {}
+        # Running mean activation per unit (and per position for a flattening reader): only for groups
+        # whose readers have a bias to correct.
+        self.mean_activation = {
+            g.name: torch.zeros(g.num_units, _positions(g), device=device)
+            for g in groups
+            if config.bias_correction and any(o.layer.bias is not None for o in g.outgoing)
+        }
+        self._seen: dict[str, list] = {}
         self._handles = [
             g.activation.register_forward_hook(
-                self._make_hook(g.name, isinstance(g.activation, NON_NEGATIVE_ACTIVATIONS))
+                self._make_hook(g, isinstance(g.activation, NON_NEGATIVE_ACTIVATIONS))
             )
             for g in groups
         ]
 
-    def _make_hook(self, name: str, non_negative: bool):
+    def _make_hook(self, group: UnitGroup, non_negative: bool):
+        name = group.name
+        positions = _positions(group)
+        track_mean = name in self.mean_activation
+
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
             if not (self.config.enabled and torch.is_grad_enabled()):
                 return
             total, _, count = unit_sums(output, non_negative)
-            self._activity[name] = self._activity.get(name, 0) + total / count
-            self._forwards[name] = self._forwards.get(name, 0) + 1
+            mean = _signed_mean(output, positions) if track_mean else None
+            seen = self._seen.get(name)
+            if seen is None:
+                self._seen[name] = [total / count, mean, 1]
+            else:
+                seen[0] = seen[0] + total / count
+                seen[1] = None if mean is None else seen[1] + mean
+                seen[2] += 1
 
         return hook
 
@@ -129,14 +163,18 @@ class ContinualBackprop(Intervention):
         decay = self.config.decay_rate
         replaced = 0
         for i, group in enumerate(self.groups):
-            if group.name not in self._activity:
+            seen = self._seen.pop(group.name, None)
+            if seen is None:
                 continue
-            activity = self._activity.pop(group.name) / self._forwards.pop(group.name)
+            activity_sum, mean_sum, forwards = seen
             age = self.age[group.name]
             age += 1
             utility = self.utility[group.name]
-            utility.mul_(decay).add_((1 - decay) * activity * _outgoing_magnitude(group))
-            corrected = utility / (1 - decay ** age.double()).to(utility.dtype)
+            utility.mul_(decay).add_((1 - decay) * (activity_sum / forwards) * _outgoing_magnitude(group))
+            bias_correction = (1 - decay ** age.double()).to(utility.dtype)
+            mean_activation = self.mean_activation.get(group.name)
+            if mean_activation is not None:
+                mean_activation.mul_(decay).add_((1 - decay) * (mean_sum / forwards))
             eligible = (age > self.config.maturity_threshold).nonzero().flatten()
             if eligible.numel() == 0:
                 continue
@@ -145,9 +183,15 @@ class ContinualBackprop(Intervention):
             if due == 0:
                 continue
             self.accumulated[group.name] -= due
+            corrected = utility / bias_correction
             units = eligible[torch.topk(corrected[eligible], due, largest=False).indices]
             twins = [m[i] for m in self.mirrors]
             same_twins = [twins] if self.config.target_rule == "same" else ()
+            if mean_activation is not None:
+                unit_means = mean_activation[units] / bias_correction[units, None]
+                for g in (group, *(twin for twin in twins if self.config.target_rule == "same")):
+                    _move_contribution_to_bias_(g, units, unit_means)
+                mean_activation[units] = 0.0
             recycle_units_([(group, units)], self.optimizers, same_twins)
             if self.config.target_rule == "sync":
                 for twin in twins:
@@ -165,10 +209,11 @@ class ContinualBackprop(Intervention):
         return self._fired({"replaced_units": replaced}) if replaced else {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Utilities, ages and fractional replacement counts per layer."""
+        """Utilities, ages, running mean activations and fractional replacement counts per layer."""
         return {
             "utility": {k: v.clone() for k, v in self.utility.items()},
             "age": {k: v.clone() for k, v in self.age.items()},
+            "mean_activation": {k: v.clone() for k, v in self.mean_activation.items()},
             "accumulated": dict(self.accumulated),
         }
 
@@ -178,7 +223,47 @@ class ContinualBackprop(Intervention):
             raise ValueError(
                 f"checkpoint has CBP layers {sorted(state['utility'])}, not {sorted(self.utility)}"
             )
+        means = state.get("mean_activation", {})
+        if set(means) != set(self.mean_activation):
+            raise ValueError(
+                f"checkpoint tracks mean activations of {sorted(means)}, this run of "
+                f"{sorted(self.mean_activation)} (is bias_correction set the same way?)"
+            )
         for key in self.utility:
             self.utility[key].copy_(state["utility"][key])
             self.age[key].copy_(state["age"][key])
+        for key, value in means.items():
+            self.mean_activation[key].copy_(value)
         self.accumulated = {k: float(v) for k, v in state["accumulated"].items()}
+
+
+def _positions(group: UnitGroup) -> int:
+    """Columns per unit of a flattening Linear reader (each keeps its own mean activation), else 1."""
+    return max(out.columns_per_unit for out in group.outgoing)
+
+
+def _signed_mean(output: torch.Tensor, positions: int) -> torch.Tensor:
+    """E[h] per unit over the batch, per position too when ``positions`` > 1: shape (units, positions)."""
+    x = output.detach()
+    if positions == 1:
+        dims = [d for d in range(x.dim()) if d != 1]
+        return x.mean(dim=dims).unsqueeze(1)
+    return x.mean(dim=0).reshape(x.shape[1], positions)
+
+
+def _move_contribution_to_bias_(group: UnitGroup, units: torch.Tensor, unit_means: torch.Tensor) -> None:
+    """b ← b + W_out[:, units]·m̂ for every reader of ``group`` with a bias (before W_out[:, units] ← 0)."""
+    for out in group.outgoing:
+        layer = out.layer
+        if layer.bias is None:
+            continue
+        weight = layer.weight
+        idx = units.to(weight.device)
+        means = unit_means.to(device=weight.device, dtype=weight.dtype)
+        if isinstance(layer, nn.Conv2d):
+            kernel_sums = weight.index_select(1, idx).sum(dim=(2, 3))
+            layer.bias.add_(kernel_sums @ means.mean(dim=1))
+        else:
+            columns = weight.index_select(1, group.outgoing_index(out, idx))
+            column_means = means.expand(-1, out.columns_per_unit).reshape(-1)
+            layer.bias.add_(columns @ column_means)

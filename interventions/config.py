@@ -300,6 +300,11 @@ class CBPConfig:
     """parts whose hidden units may be replaced (the output layer never is)"""
     target_rule: Literal["same", "sync", "keep"] = "same"
     """target copies: 'same' replaces the same units with the same fresh weights, 'sync' copies the layers"""
+    # lop/algos/gnt.py gen_new_features writes b_next += w_out · mean_act / (1 − η^age) before w_out ← 0, but
+    # the released code zeroes that mean just before, so it adds nothing, and Dohare et al. 2024 (Nature)
+    # describe no correction: off by default to match the published algorithm (see interventions/cbp.py).
+    bias_correction: bool = False
+    """add a replaced unit's mean contribution w_out·E[h] to the next layer's bias (keeps outputs' mean)"""
 
     def __post_init__(self) -> None:
         _check_unit_interval("replacement_rate", self.replacement_rate)
@@ -311,6 +316,7 @@ class CBPConfig:
     def tag(self) -> str:
         """Run-name fragment, e.g. ``cbp-0.0001-m100``."""
         suffix = "" if self.modules == ("all",) else f"-{_names_tag(self.modules)}"
+        suffix += "-bc" if self.bias_correction else ""
         return f"cbp-{_num(self.replacement_rate)}-m{self.maturity_threshold}{suffix}"
 
 

@@ -5,12 +5,26 @@ output); every hidden nonlinearity of this package's networks is such a module. 
 ``plasticity/<metric>/<network>`` for the whole network and ``plasticity/<metric>/<network>/<layer>``
 per layer (the activation module's or weight-owning module's qualified name).
 
+Layers are *call sites*: an activation module together with the weight layer (a module owning a weight
+matrix or kernel: Linear, Conv, ...) executed last before the call. One activation module reused at
+several layers (torchvision's shared ``self.relu``) therefore gives one layer per call site, named
+``<module>@<weight layer>`` (``relu@conv1``, ``relu@conv2``); a module with a single call site keeps its
+plain name. Calls at the same site accumulate: a sub-network applied to several inputs in one forward
+(an encoder on observations and next observations) is one layer seen on more samples. A call site that
+sees different numbers of units in one forward cannot be told apart this way and is a ValueError.
+
+An *output activation* (``MLP(..., output_activation="tanh")``) is not a hidden layer: an activation
+whose output tensor is itself returned by the model and read by no weight layer is left out of the
+unit counts and of the penultimate features (``exclude_output_activation=False`` keeps it, e.g. for a
+feature extractor that returns its last activation unchanged; one that flattens it first is unaffected).
+
 - ``dormant_ratio``: τ-dormant units (Sokar et al. 2023): s_i = E|h_i| / (mean_k E|h_k| + 1e-9) over the
   batch (and spatial positions), dormant if s_i ≤ τ. The network value counts units across layers;
   ``dormant_ratio_layer_mean`` is the plain mean of the layer ratios (logged too, never confused with it).
 - ``dead_ratio``: units whose activation is exactly zero for every sample (and position).
 - ``srank``: smallest k with Σ_{i≤k} σ_i / Σ_i σ_i ≥ 1 − δ (Kumar et al. 2021), on the penultimate
-  features: the output of the activation module executed last, flattened per sample. Not a "stable rank".
+  features: the outputs at the hidden call site executed last (all its calls in the forward, stacked),
+  flattened per sample. Not a "stable rank".
 - ``effective_rank``: exp(−Σ p_i log p_i), p_i = σ_i / Σ σ (Roy & Vetterli 2007).
 - ``feature_norm``: mean over the batch of ‖φ(x)‖₂ of the penultimate features.
 - ``weight_norm``, ``grad_norm`` (from ``.grad`` where present), ``distance_from_init`` (‖θ − θ₀‖₂, needs
@@ -25,10 +39,11 @@ module's mode, every buffer and the CPU/CUDA RNG states are restored afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -42,6 +57,7 @@ __all__ = [
     "dormant_mask",
     "effective_rank",
     "measure",
+    "output_tensors",
     "probe_mode",
     "run_forward",
     "slice_batch",
@@ -144,6 +160,204 @@ def unit_sums(output: torch.Tensor, non_negative: bool) -> tuple[torch.Tensor, t
     return total, torch.linalg.vector_norm(x, ord=math.inf, dim=dims), x.numel() // x.shape[1]
 
 
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor in a model's output (a tensor, or tuples, lists and dicts of them)."""
+    if torch.is_tensor(output):
+        return [output]
+    if isinstance(output, Mapping):
+        return [t for v in output.values() for t in output_tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in output_tensors(v)]
+    return []
+
+
+# A call site: (activation module name, name of the weight layer executed last before the call or None).
+_Site = tuple[str, "str | None"]
+
+
+def _owns_weight_matrix(module: nn.Module) -> bool:
+    weight = module._parameters.get("weight")
+    if weight is not None:
+        return weight.dim() >= 2
+    parametrizations = getattr(module, "parametrizations", None)  # weight_norm / spectral_norm
+    return parametrizations is not None and "weight" in parametrizations
+
+
+@contextmanager
+def _site_hooks(
+    model: nn.Module,
+    modules: Mapping[str, nn.Module],
+    on_call: Callable[[_Site, nn.Module, torch.Tensor], None],
+    on_layer_input: Callable[[torch.Tensor], None] | None = None,
+) -> Iterator[None]:
+    """Hooks reporting every call of ``modules`` with its call site (and, optionally, every weight layer's
+    input); removed on exit."""
+    layers: dict[int, tuple[str, nn.Module]] = {}
+    for name, module in model.named_modules():
+        if _owns_weight_matrix(module):
+            layers.setdefault(id(module), (name, module))
+    last_layer: list[str | None] = [None]
+
+    def start(_module: nn.Module, _args: tuple) -> None:
+        last_layer[0] = None
+
+    def read(_module: nn.Module, args: tuple) -> None:
+        if args and torch.is_tensor(args[0]):
+            on_layer_input(args[0])
+
+    def make_layer_hook(name: str):
+        def hook(_module: nn.Module, _args: tuple, _output: Any) -> None:
+            last_layer[0] = name
+
+        return hook
+
+    def make_activation_hook(name: str):
+        def hook(module: nn.Module, _args: tuple, output: Any) -> None:
+            if not torch.is_tensor(output):
+                raise TypeError(f"activation module {name!r} returned {type(output).__name__}, not a tensor")
+            on_call((name, last_layer[0]), module, output)
+
+        return hook
+
+    handles = [model.register_forward_pre_hook(start)]
+    try:
+        for name, module in layers.values():
+            if on_layer_input is not None:
+                handles.append(module.register_forward_pre_hook(read))
+            handles.append(module.register_forward_hook(make_layer_hook(name)))
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_activation_hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _check_width(site: _Site, widths: dict[_Site, int], output: torch.Tensor) -> None:
+    if output.dim() < 2:
+        raise ValueError(
+            f"activation outputs need a batch and a unit dimension, got shape {tuple(output.shape)} "
+            f"from {site[0]!r}"
+        )
+    seen = widths.setdefault(site, output.shape[1])
+    if seen != output.shape[1]:
+        raise ValueError(
+            f"activation module {site[0]!r} sees {seen} and {output.shape[1]} units after the same weight "
+            f"layer ({site[1] or 'none'!r}) in one forward, so its layers cannot be told apart; give each "
+            "layer its own activation module"
+        )
+
+
+@dataclass
+class _Sites:
+    calls: list[_Site]  # every activation call of one forward, in execution order
+    output_sites: set[_Site]  # output activations: returned by the model, read by no weight layer
+
+
+def _discover_sites(model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module]) -> _Sites:
+    """Call sites of ``modules`` from one probe forward on the first two samples."""
+    calls: list[_Site] = []
+    widths: dict[_Site, int] = {}
+    site_of_output: dict[int, _Site] = {}
+    alive: list[torch.Tensor] = []  # keeps ids unique while they are compared
+    read: set[_Site] = set()
+
+    def on_call(site: _Site, _module: nn.Module, output: torch.Tensor) -> None:
+        _check_width(site, widths, output)
+        calls.append(site)
+        site_of_output[id(output)] = site
+        alive.append(output)
+
+    def on_layer_input(x: torch.Tensor) -> None:
+        for tensor in (x, x._base):  # the activation output itself or a view of it (a flatten)
+            if tensor is not None and id(tensor) in site_of_output:
+                read.add(site_of_output[id(tensor)])
+
+    with _site_hooks(model, modules, on_call, on_layer_input), probe_mode(model), torch.no_grad():
+        result = run_forward(model, slice_batch(inputs, 0, 2))
+    returned = {site_of_output[id(t)] for t in output_tensors(result) if id(t) in site_of_output}
+    return _Sites(calls, returned - read)
+
+
+def _site_names(sites: list[_Site]) -> dict[_Site, str]:
+    """The layer name of each call site: the module's name, with ``@<weight layer>`` when it has several."""
+    per_module = Counter(module for module, _ in dict.fromkeys(sites))
+    return {
+        site: site[0] if per_module[site[0]] == 1 else f"{site[0]}@{site[1] or 'input'}" for site in sites
+    }
+
+
+@dataclass
+class _Probe:
+    stats: dict[str, UnitStatistics]  # by layer (call site) name
+    outputs: dict[str, torch.Tensor]  # kept outputs by layer name: every call and chunk, stacked
+    last: str | None  # the layer giving the penultimate features (hidden call site executed last)
+
+
+def _stack(name: str, pieces: list[torch.Tensor]) -> torch.Tensor:
+    shapes = {tuple(p.shape[1:]) for p in pieces}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"layer {name!r} outputs per-sample shapes {sorted(shapes)} in one forward; they cannot be "
+            "stacked into one feature matrix"
+        )
+    return torch.cat(pieces)
+
+
+def _probe(
+    model: nn.Module,
+    inputs: Any,
+    modules: Mapping[str, nn.Module] | None,
+    *,
+    chunk_size: int | None,
+    exclude_output_activation: bool,
+    keep: Literal["none", "last", "all"],
+) -> _Probe:
+    """Per call site statistics (and kept outputs) of ``modules`` on the probe batch."""
+    if modules is None:
+        modules = {name: m for name, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
+    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+    sites = _discover_sites(model, inputs, modules)
+    excluded = sites.output_sites if exclude_output_activation else set()
+    hidden_calls = [site for site in sites.calls if site not in excluded]
+    last = hidden_calls[-1] if hidden_calls else None
+    sums: dict[_Site, list] = {}
+    widths: dict[_Site, int] = {}
+    kept: dict[_Site, list[torch.Tensor]] = {}
+
+    def on_call(site: _Site, module: nn.Module, output: torch.Tensor) -> None:
+        if site in excluded:
+            return
+        _check_width(site, widths, output)
+        total, peak, count = unit_sums(output, isinstance(module, NON_NEGATIVE_ACTIVATIONS))
+        if site in sums:
+            acc = sums[site]
+            acc[0] = acc[0] + total
+            acc[1] = torch.maximum(acc[1], peak)
+            acc[2] += count
+        else:
+            sums[site] = [total, peak, count]
+        if keep == "all" or (keep == "last" and site == last):
+            kept.setdefault(site, []).append(output.detach())
+
+    size = _batch_size(inputs)
+    step = size if chunk_size is None or size is None else chunk_size
+    with _site_hooks(model, modules, on_call), probe_mode(model), torch.no_grad():
+        for start in range(0, size or 1, step or 1):
+            run_forward(model, inputs if size is None else slice_batch(inputs, start, start + step))
+    order = list(dict.fromkeys([*sites.calls, *sums]))
+    names = _site_names(order)
+    stats = {
+        names[site]: UnitStatistics(sums[site][0] / sums[site][2], sums[site][1])
+        for module_name in modules
+        for site in order
+        if site[0] == module_name and site in sums
+    }
+    outputs = {names[site]: _stack(names[site], pieces) for site, pieces in kept.items()}
+    return _Probe(stats, outputs, names[last] if last in kept else None)
+
+
 def activation_statistics(
     model: nn.Module,
     inputs: Any,
@@ -151,59 +365,28 @@ def activation_statistics(
     *,
     keep_last_output: bool = False,
     chunk_size: int | None = 64,
+    exclude_output_activation: bool = True,
 ) -> tuple[dict[str, UnitStatistics], torch.Tensor | None]:
-    """Per-unit statistics of ``modules`` (default: every activation module) on the probe batch.
+    """Per-unit statistics of each layer of ``modules`` (default: every activation module) on the batch.
 
-    Statistics are reduced inside the hooks, so large activations are never all held at once, and the
-    batch runs in chunks of ``chunk_size`` samples (eval mode makes samples independent; smaller
-    working sets are faster on CPUs; None: one forward). A module called several times per forward
-    accumulates over its calls. With ``keep_last_output``, also returns the output of the module
-    executed last (the penultimate features when the head has no activation), for the whole batch.
-    Runs in :func:`probe_mode` under ``torch.no_grad``.
+    Layers are call sites (module docstring): a module used at several layers gives one entry per layer
+    (``relu@conv1``, ...); calls at one site (a sub-network applied to several inputs) accumulate. Output
+    activations are left out unless ``exclude_output_activation`` is False. Statistics are reduced inside
+    the hooks, so large activations are never all held at once, and the batch runs in chunks of
+    ``chunk_size`` samples (eval mode makes samples independent; smaller working sets are faster on CPUs;
+    None: one forward), after one forward on two samples that finds the call sites. With
+    ``keep_last_output``, also returns the penultimate features: the outputs at the hidden call site
+    executed last, for the whole batch. Runs in :func:`probe_mode` under ``torch.no_grad``.
     """
-    if modules is None:
-        modules = {name: m for name, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
-    sums: dict[str, list] = {}
-    last_per_chunk: list[torch.Tensor] = []
-    current_last: list[torch.Tensor] = []
-
-    def make_hook(name: str, non_negative: bool):
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            total, peak, count = unit_sums(output, non_negative)
-            if name in sums:
-                acc = sums[name]
-                acc[0] = acc[0] + total
-                acc[1] = torch.maximum(acc[1], peak)
-                acc[2] += count
-            else:
-                sums[name] = [total, peak, count]
-            if keep_last_output:
-                current_last[:] = [output.detach()]
-
-        return hook
-
-    handles = [
-        m.register_forward_hook(make_hook(name, isinstance(m, NON_NEGATIVE_ACTIVATIONS)))
-        for name, m in modules.items()
-    ]
-    size = _batch_size(inputs)
-    step = size if chunk_size is None or size is None else chunk_size
-    try:
-        with probe_mode(model), torch.no_grad():
-            for start in range(0, size or 1, step or 1):
-                run_forward(model, inputs if size is None else slice_batch(inputs, start, start + step))
-                last_per_chunk.extend(current_last)
-                current_last.clear()
-    finally:
-        for handle in handles:
-            handle.remove()
-    stats = {
-        name: UnitStatistics(sums[name][0] / sums[name][2], sums[name][1]) for name in modules if name in sums
-    }
-    last = torch.cat(last_per_chunk) if last_per_chunk else None
-    return stats, last
+    probe = _probe(
+        model,
+        inputs,
+        modules,
+        chunk_size=chunk_size,
+        exclude_output_activation=exclude_output_activation,
+        keep="last" if keep_last_output else "none",
+    )
+    return probe.stats, (probe.outputs[probe.last] if probe.last is not None else None)
 
 
 def dormant_mask(stats: UnitStatistics, threshold: float) -> torch.Tensor:
@@ -337,55 +520,43 @@ def measure(
     per_layer_rank: bool = False,
     initial_params: Mapping[str, torch.Tensor] | None = None,
     chunk_size: int | None = 64,
+    exclude_output_activation: bool = True,
 ) -> dict[str, float]:
     """All diagnostics of ``model`` on the probe batch ``inputs``, as flat ``{tag: float}``.
 
     Args:
-        model: any module; its activation modules define the units.
+        model: any module; its activation modules' call sites define the layers and units.
         inputs: the probe batch (a tensor, a tuple of positional arguments or a dict of keyword arguments).
         dormant_threshold: τ for ``dormant_ratio`` (0.025 for logging, Sokar et al. 2023).
         rank_delta: δ for ``srank`` (0.01, Kumar et al. 2021).
         name: the network's name in the tags (``plasticity/<metric>/<name>``).
-        per_layer_rank: also srank / effective rank / feature norm of every activation module's output
-            (flattened per sample; costs one SVD per layer).
+        per_layer_rank: also srank / effective rank / feature norm of every layer's output (flattened per
+            sample; costs one SVD per layer and holds every layer's output for the whole batch).
         initial_params: θ₀ by parameter name (``model.named_parameters()``) for ``distance_from_init``.
         chunk_size: samples per probe forward (the batch is split; None: one forward).
+        exclude_output_activation: leave an output activation (returned by the model, read by no weight
+            layer) out of the unit counts and the penultimate features (module docstring).
     """
     _check_threshold(dormant_threshold)
     _check_delta(rank_delta)
     if not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    probe = _probe(
+        model,
+        inputs,
+        None,
+        chunk_size=chunk_size,
+        exclude_output_activation=exclude_output_activation,
+        keep="all" if per_layer_rank else "last",
+    )
     out: dict[str, float] = {}
     if per_layer_rank:
-        out.update(_per_layer_rank(model, inputs, name, rank_delta))
-    stats, features = activation_statistics(model, inputs, keep_last_output=True, chunk_size=chunk_size)
-    out.update(_activation_metrics(stats, name, dormant_threshold))
-    if features is not None:
-        out.update(_feature_metrics(features, name, rank_delta))
+        for layer, output in probe.outputs.items():
+            out.update(_feature_metrics(output, name, rank_delta, suffix=f"/{layer}"))
+    out.update(_activation_metrics(probe.stats, name, dormant_threshold))
+    if probe.last is not None:
+        out.update(_feature_metrics(probe.outputs[probe.last], name, rank_delta))
     out.update(_weight_metrics(model, name, initial_params))
-    return out
-
-
-def _per_layer_rank(model: nn.Module, inputs: Any, network: str, rank_delta: float) -> dict[str, float]:
-    out: dict[str, float] = {}
-    modules = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
-    outputs: dict[str, torch.Tensor] = {}
-
-    def make_hook(layer: str):
-        def hook(_m: nn.Module, _i: Any, output: torch.Tensor) -> None:
-            outputs[layer] = output.detach()
-
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(layer)) for layer, m in modules.items()]
-    try:
-        with probe_mode(model), torch.no_grad():
-            run_forward(model, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for layer, output in outputs.items():
-        out.update(_feature_metrics(output, network, rank_delta, suffix=f"/{layer}"))
     return out
 
 
@@ -414,6 +585,7 @@ class PlasticityMonitor:
         rank_delta: float = 0.01,
         per_layer_rank: bool = False,
         chunk_size: int | None = 64,
+        exclude_output_activation: bool = True,
     ):
         _check_threshold(dormant_threshold)
         _check_delta(rank_delta)
@@ -424,12 +596,18 @@ class PlasticityMonitor:
         self.rank_delta = rank_delta
         self.per_layer_rank = per_layer_rank
         self.chunk_size = chunk_size
+        self.exclude_output_activation = exclude_output_activation
         self.initial_params = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.dormant_at_reset: dict[str, torch.Tensor] | None = None
 
     def dormant_masks(self) -> dict[str, torch.Tensor]:
-        """Per activation module, the mask of τ-dormant units on the probe batch now."""
-        stats, _ = activation_statistics(self.model, self.probe_inputs, chunk_size=self.chunk_size)
+        """Per layer (activation call site), the mask of τ-dormant units on the probe batch now."""
+        stats, _ = activation_statistics(
+            self.model,
+            self.probe_inputs,
+            chunk_size=self.chunk_size,
+            exclude_output_activation=self.exclude_output_activation,
+        )
         return {layer: dormant_mask(s, self.dormant_threshold) for layer, s in stats.items()}
 
     def mark_reset(self) -> None:
@@ -447,6 +625,7 @@ class PlasticityMonitor:
             per_layer_rank=self.per_layer_rank,
             initial_params=self.initial_params,
             chunk_size=self.chunk_size,
+            exclude_output_activation=self.exclude_output_activation,
         )
         if self.dormant_at_reset is not None:
             out.update(self._overlap())

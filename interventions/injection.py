@@ -9,11 +9,16 @@ with θ frozen, θ' a fresh draw from the module's own initialiser (trainable) a
 frozen twin must stay frozen, or the bracket stays zero forever). Gradients still flow through all three
 terms into whatever feeds the head.
 
-Optimizer: θ' is registered as a new param group with the hyperparameters of θ's group; θ stays in the
-optimizer without gradients (skipped, weight decay included) and its state is deleted. Targets: the
-same operation is applied to each target copy (its own θ frozen, and copies of the *same* θ' and θ'⁻,
-all without gradients), so target and online networks keep the same structure and parameter names and
-the target's outputs are unchanged too. Repeated injections nest (the composite is frozen in turn).
+Optimizer: each parameter of θ' takes the place of its counterpart in θ (the parameter with the same
+name) in the optimizer's param group, so it trains with exactly that group's settings (BBF's no-decay
+bias group stays no-decay; a learning-rate scheduler keeps scheduling it). θ leaves the optimizer, its
+state is deleted and its ``.grad`` set to None: neither weight decay nor a stale gradient left by
+``zero_grad(set_to_none=False)`` can move it again.
+
+Targets: the same operation is applied to each target copy (its own θ frozen, and copies of the *same*
+θ' and θ'⁻, all without gradients), so target and online networks keep the same structure and parameter
+names and the target's outputs are unchanged too. Repeated injections nest (the composite is frozen in
+turn).
 
 Checkpoints: :meth:`PlasticityInjection.load_state_dict` re-creates the injected modules (structure and
 optimizer groups); load it before the network's and the optimizer's state dicts, which fill the values.
@@ -33,7 +38,7 @@ from plasticrl.networks import fresh_copy
 
 from .base import Intervention
 from .config import InjectionConfig
-from .optim import add_params_, clear_state_, optimizers_holding
+from .optim import clear_state_
 
 __all__ = ["InjectedHead", "PlasticityInjection"]
 
@@ -80,8 +85,8 @@ class PlasticityInjection(Intervention):
     Args:
         config: schedule and module names (default the head).
         network: the network the modules belong to (the replacement happens inside it).
-        optimizers: the optimizer(s) holding the modules' parameters; the new parameters join the one
-            holding each module's first trainable parameter.
+        optimizers: the optimizer(s) holding the modules' parameters; each new parameter takes its
+            counterpart's place in its param group.
         targets: copies of ``network`` that track it; the same replacement happens in each.
         modules: explicit module references instead of ``config.modules``.
         name: log and checkpoint key (default ``"injection"``).
@@ -111,18 +116,23 @@ class PlasticityInjection(Intervention):
 
     def _inject_one(self, index: int) -> None:
         module = self.modules[index]
-        trainable_param = next(p for p in module.parameters() if p.requires_grad)
-        holders = optimizers_holding(trainable_param, self.optimizers)
         prototype = module.trainable if isinstance(module, InjectedHead) else module
-        trainable = fresh_copy(prototype).requires_grad_(True)
+        trainable = fresh_copy(prototype)
+        counterparts = dict(prototype.named_parameters())
+        for name, param in trainable.named_parameters():
+            param.requires_grad_(counterparts[name].requires_grad)
         anchor = copy.deepcopy(trainable).requires_grad_(False)
+        self._swap_into_optimizers(
+            [(name, counterparts[name], param) for name, param in trainable.named_parameters()]
+        )
+        frozen = list(module.parameters())
+        clear_state_(self.optimizers, frozen)
         module.requires_grad_(False)
-        clear_state_(self.optimizers, module.parameters())
+        for param in frozen:
+            param.grad = None
         injected = InjectedHead(module, trainable, anchor).train(module.training)
         for parent, attr in _parents(self.network, module):
             setattr(parent, attr, injected)
-        if holders:
-            add_params_(holders[0], trainable.parameters(), like=trainable_param)
         for target, twins in zip(self.targets, self.target_modules):
             twin = twins[index]
             twin_injected = InjectedHead(
@@ -134,6 +144,20 @@ class PlasticityInjection(Intervention):
                 setattr(parent, attr, twin_injected)
             twins[index] = twin_injected
         self.modules[index] = injected
+
+    def _swap_into_optimizers(self, pairs: list[tuple[str, nn.Parameter, nn.Parameter]]) -> None:
+        """For each (name, old, new): put ``new`` where ``old`` is in every optimizer's param groups."""
+        held = {id(p) for opt in self.optimizers for group in opt.param_groups for p in group["params"]}
+        for name, old, new in pairs:
+            if new.requires_grad and id(old) not in held:
+                raise ValueError(
+                    f"parameter {name!r} of the injected module is trainable but held by none of the "
+                    "bound optimizers, so its fresh copy would not train; pass the optimizer that trains it"
+                )
+        for _, old, new in pairs:
+            for opt in self.optimizers:
+                for group in opt.param_groups:
+                    group["params"][:] = [new if p is old else p for p in group["params"]]
 
     def apply(self) -> None:
         """Inject now, regardless of the schedule."""

@@ -3,15 +3,21 @@
 On schedule, units are scored on a batch: s_i = E|h_i| / (mean_k E|h_k| + 1e-9) (convs: the mean runs
 over the batch and spatial positions), and every unit with s_i ≤ τ is recycled: incoming weights re-drawn
 from the incoming layer's own initialiser, its bias zeroed, outgoing weights zeroed, and the optimizer
-moments of exactly those entries zeroed (step counters kept, as optax's count is in dopamine). Because
-the outgoing weights are zero, the network computes the same function right after recycling. The output
-layer is never recycled; which layers are recyclable is decided from the data flow
+moments of exactly those entries zeroed (step counters kept, as optax's count is in dopamine). With zero
+outgoing weights a recycled unit no longer reaches the output, so right after recycling the outputs are
+unchanged on inputs where the recycled units output zero (dead units: every unit recycled with τ = 0, on
+the scored batch), and lose the small contribution of a τ-dormant unit that was still slightly active.
+The output layer is never recycled; which layers are recyclable is decided from the data flow
 (:mod:`plasticrl.interventions.units`), and :attr:`ReDo.skipped` says why the others are not.
 
 Targets: ``same`` (default) recycles the same units of each target copy with the same fresh incoming
-weights and zero outgoing weights (a target that lags the online network keeps its other entries, and
-computes the same function too); ``sync`` copies the affected layers from the online network; ``keep``
-leaves targets alone (dopamine's choice, where the target is re-synced periodically anyway).
+weights and zero outgoing weights (a target that lags the online network keeps its other entries; its
+outputs change by the recycled units' former contribution, like the online network's); ``sync`` copies
+the affected layers from the online network; ``keep`` leaves targets alone (dopamine's choice, where the
+target is re-synced periodically anyway).
+
+The optimizers must hold every layer recycling changes, including a layer outside the bound modules that
+reads their units (the head after ``body``): a ValueError names a parameter they miss.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch.optim import Optimizer
 from .base import Intervention
 from .config import ReDoConfig
 from .diagnostics import activation_statistics, dormant_mask
-from .units import UnitGroup, find_unit_groups, recycle_units_, sync_group_
+from .units import UnitGroup, find_unit_groups, group_modules, recycle_units_, sync_group_
 
 __all__ = ["ReDo"]
 
@@ -39,7 +45,8 @@ class ReDo(Intervention):
         network: the network whose hidden units are recycled.
         batch_fn: returns the batch to score units on (e.g. ``lambda: buffer.sample(256).obs``); called
             once at construction (to find the layers) and at each recycling step.
-        optimizers: the optimizer(s) training ``network``.
+        optimizers: the optimizer(s) training ``network`` (all of them may be passed); every layer that
+            recycling changes must be held, also one outside ``modules`` that reads their units.
         targets: copies of ``network`` that track it; parts match by name.
         modules: explicit module references instead of ``config.modules``: only units whose incoming
             layer lies inside them are recycled.
@@ -62,13 +69,15 @@ class ReDo(Intervention):
         self.config = config
         self.name = name
         self.batch_fn = batch_fn
-        self._bind(network, modules, config.modules, optimizers, targets)
+        self._bind(network, modules, config.modules, optimizers, targets, check_optimizers=False)
         groups, skipped = find_unit_groups(network, batch_fn(), within=self.modules)
         if not groups:
             reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no activation modules"
             raise ValueError(f"ReDo found no recyclable hidden layer in the bound modules ({reasons})")
         self.groups: list[UnitGroup] = groups
         self.skipped: dict[str, str] = skipped
+        # The layers reading the units may lie outside the bound modules (the head after "body").
+        self._check_optimizers_cover(group_modules(groups, self.name))
         self.mirrors = [[g.mirror(network, t) for g in groups] for t in self.targets]
         self.previous_masks: dict[str, torch.Tensor] | None = None
 

@@ -38,10 +38,10 @@ from torch.optim import Optimizer
 from plasticrl.networks import ACTIVATION_TYPES, reinitialize_
 
 from .binding import mirror_module, qualified_name
-from .diagnostics import probe_mode, run_forward, slice_batch
+from .diagnostics import output_tensors, probe_mode, run_forward, slice_batch
 from .optim import zero_state_entries_
 
-__all__ = ["Outgoing", "UnitGroup", "find_unit_groups", "recycle_units_"]
+__all__ = ["Outgoing", "UnitGroup", "find_unit_groups", "group_modules", "recycle_units_"]
 
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
@@ -136,18 +136,8 @@ def _trace(model: nn.Module, inputs: Any) -> tuple[list[_Call], Counter, Counter
     finally:
         for handle in handles:
             handle.remove()
-    roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+    roots = [t.grad_fn for t in output_tensors(output) if t.grad_fn is not None]
     return calls, _use_counts(roots), call_counts
-
-
-def _tensors(output: Any) -> list[torch.Tensor]:
-    if torch.is_tensor(output):
-        return [output]
-    if isinstance(output, dict):
-        return [t for v in output.values() for t in _tensors(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in _tensors(v)]
-    return []
 
 
 def _use_counts(roots: list[Any]) -> Counter:
@@ -286,6 +276,21 @@ def find_unit_groups(
         else:
             groups.append(result)
     return groups, skipped
+
+
+def group_modules(groups: Sequence[UnitGroup], owner: str) -> dict[nn.Module, str]:
+    """Every layer whose parameters recycling ``groups`` changes (incoming, norms, outgoing), each with a
+    note on why, for :meth:`Intervention._check_optimizers_cover` (``owner`` names the intervention)."""
+    touched: dict[nn.Module, str] = {}
+    for group in groups:
+        touched.setdefault(group.incoming, f"{owner}: writes unit group {group.name!r}, rows re-drawn")
+        for norm in group.norms:
+            touched.setdefault(norm, f"{owner}: normalises unit group {group.name!r}, entries re-drawn")
+        for out in group.outgoing:
+            touched.setdefault(
+                out.layer, f"{owner}: reads unit group {group.name!r}, columns of recycled units zeroed"
+            )
+    return touched
 
 
 def _fresh_leaf_state(module: nn.Module) -> dict[str, torch.Tensor]:

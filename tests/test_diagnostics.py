@@ -231,3 +231,120 @@ def test_chunked_probe_gives_the_same_numbers():
             assert chunked[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     with pytest.raises(ValueError, match="chunk_size"):
         measure(net, x, chunk_size=0)
+
+
+# ---------------------------------------------------------------- call sites
+
+
+class SharedReLU(nn.Module):
+    """One ReLU module reused after two layers (torchvision's BasicBlock style)."""
+
+    def __init__(self, widths: tuple[int, int] = (6, 8)):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2 = nn.Linear(3, widths[0]), nn.Linear(widths[0], widths[1])
+        self.relu, self.out = nn.ReLU(), nn.Linear(widths[1], 2)
+        with torch.no_grad():
+            self.l1.bias[:3] = -100.0  # units 0-2 of the first layer are dead
+
+    def forward(self, x):
+        return self.out(self.relu(self.l2(self.relu(self.l1(x)))))
+
+
+def _brute_ratios(h: torch.Tensor, tau: float) -> tuple[int, int]:
+    score = h.abs().mean(0)
+    return int((score / (score.mean() + 1e-9) <= tau).sum()), int((h.abs().amax(0) == 0).sum())
+
+
+@pytest.mark.parametrize("widths", [(6, 8), (6, 6)])
+def test_a_shared_activation_is_one_layer_per_call_site(widths):
+    net = SharedReLU(widths)
+    with torch.no_grad():
+        h1 = torch.relu(net.l1(X))
+        h2 = torch.relu(net.l2(h1))
+    out = measure(net, X, name="n", dormant_threshold=0.1, per_layer_rank=True)
+    assert not any(k.endswith("/relu") for k in out)
+    total = widths[0] + widths[1]
+    counts = [_brute_ratios(h1, 0.1), _brute_ratios(h2, 0.1)]
+    assert counts[0] == (3, 3)
+    for layer, h, (dormant, dead) in zip(("relu@l1", "relu@l2"), (h1, h2), counts):
+        assert out[f"plasticity/dormant_ratio/n/{layer}"] == pytest.approx(dormant / h.shape[1])
+        assert out[f"plasticity/dead_ratio/n/{layer}"] == pytest.approx(dead / h.shape[1])
+        assert out[f"plasticity/srank/n/{layer}"] == srank(h)
+    assert out["plasticity/dead_ratio/n"] == pytest.approx((counts[0][1] + counts[1][1]) / total)
+    # The penultimate features are the second call's outputs, not the first's.
+    assert out["plasticity/srank/n"] == srank(h2, 0.01)
+    assert out["plasticity/feature_norm/n"] == pytest.approx(h2.norm(dim=1).mean().item(), rel=1e-5)
+    monitor = PlasticityMonitor(net, X, name="n", dormant_threshold=0.1)
+    monitor.mark_reset()
+    assert monitor.measure()["plasticity/dormant_overlap/n/relu@l1"] == 1.0
+
+
+def test_a_network_applied_to_several_inputs_accumulates_at_each_site():
+    class Siamese(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(3, 5), nn.ReLU())
+            self.head = nn.Linear(10, 1)
+
+        def forward(self, a, b):
+            return self.head(torch.cat([self.encoder(a), self.encoder(b)], dim=1))
+
+    torch.manual_seed(0)
+    net = Siamese()
+    a, b = X[:16], -X[16:] * 2
+    with torch.no_grad():
+        h = torch.cat([net.encoder(a), net.encoder(b)])  # one layer seen on both inputs
+    out = measure(net, (a, b), name="s", dormant_threshold=0.3, chunk_size=5)
+    dormant, dead = _brute_ratios(h, 0.3)
+    assert out["plasticity/dormant_ratio/s/encoder.1"] == pytest.approx(dormant / 5)
+    assert out["plasticity/dead_ratio/s/encoder.1"] == pytest.approx(dead / 5)
+    assert out["plasticity/srank/s"] == srank(h)
+    assert out["plasticity/feature_norm/s"] == pytest.approx(h.norm(dim=1).mean().item(), rel=1e-5)
+
+
+def test_call_sites_that_cannot_be_told_apart_are_a_clear_error():
+    class Ambiguous(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act, self.out = nn.Linear(3, 4), nn.Linear(3, 6), nn.ReLU(), nn.Linear(10, 1)
+
+        def forward(self, x):
+            first, second = self.a(x), self.b(x)  # both activations follow layer b
+            return self.out(torch.cat([self.act(first), self.act(second)], dim=1))
+
+    with pytest.raises(ValueError, match="'act' sees 4 and 6 units after the same weight layer \\('b'\\)"):
+        measure(Ambiguous(), X)
+
+
+def test_an_output_activation_is_not_a_hidden_layer():
+    from plasticrl.networks import MLP
+
+    torch.manual_seed(0)
+    net = MLP(3, (16, 16), out_dim=2, output_activation="tanh")
+    with torch.no_grad():
+        features = net.encoder(X)  # the penultimate features: the head's input
+    out = measure(net, X, name="pi")
+    assert not any("output_activation" in k for k in out)
+    assert out["plasticity/dormant_ratio/pi"] == pytest.approx(
+        sum(_brute_ratios(net.encoder[:i](X), 0.025)[0] for i in (1, 2)) / 32
+    )
+    assert out["plasticity/srank/pi"] == srank(features)
+    assert out["plasticity/feature_norm/pi"] == pytest.approx(features.norm(dim=1).mean().item(), rel=1e-5)
+    kept = measure(net, X, name="pi", exclude_output_activation=False)
+    assert "plasticity/dormant_ratio/pi/output_activation" in kept
+    assert kept["plasticity/feature_norm/pi"] == pytest.approx(net(X).norm(dim=1).mean().item(), rel=1e-5)
+
+    class ReturnsFeatures(nn.Module):  # a returned activation that a layer also reads is hidden
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.b = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            features = self.act(self.a(x))
+            return self.b(features), features
+
+    assert "plasticity/dormant_ratio/network/act" in measure(ReturnsFeatures(), X)
+    # A feature extractor returning its last activation flattened keeps that layer.
+    encoder = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten())
+    assert "plasticity/dormant_ratio/network/1" in measure(encoder, torch.rand(4, 1, 5, 5))

@@ -409,6 +409,62 @@ def test_injection_twice_nests_and_still_trains():
     assert not same(params_of(net.head.trainable), trainable)
 
 
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+        lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, weight_decay=0.1),
+    ],
+    ids=["adamw", "sgd"],
+)
+def test_injection_frozen_head_never_moves_with_dense_zero_grad_and_weight_decay(make_optimizer):
+    net = make_net()
+    opt = make_optimizer(net.parameters())
+
+    def dense_steps(steps: int) -> None:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=False)  # leaves zero tensors, not None: decay would still apply
+            net(X).pow(2).mean().backward()
+            opt.step()
+
+    dense_steps(3)
+    old_head = net.head
+    frozen_before = params_of(old_head)
+    PlasticityInjection(InjectionConfig(at=(1,)), net, [opt]).apply()
+    assert all(p.grad is None and not p.requires_grad for p in old_head.parameters())
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in held for p in old_head.parameters())
+    anchor_before, trainable_before = params_of(net.head.anchor), params_of(net.head.trainable)
+    dense_steps(5)
+    assert same(params_of(old_head), frozen_before)
+    assert same(params_of(net.head.anchor), anchor_before)
+    assert all(not torch.equal(a, b) for a, b in zip(params_of(net.head.trainable), trainable_before))
+
+
+def test_injection_fresh_parameters_keep_their_counterparts_groups():
+    # BBF-style groups: weights decay, biases do not (and train at another learning rate).
+    net = make_net()
+    weights = [p for n, p in net.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in net.named_parameters() if n.endswith("bias")]
+    opt = torch.optim.AdamW(
+        [{"params": weights, "weight_decay": 0.1}, {"params": biases, "weight_decay": 0.0, "lr": 3e-3}],
+        lr=1e-2,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    train_steps(net, opt, steps=1)
+    PlasticityInjection(InjectionConfig(at=(1,)), net, [opt]).apply()
+    assert len(opt.param_groups) == 2
+    decay, no_decay = opt.param_groups
+    assert any(p is net.head.trainable.weight for p in decay["params"])
+    assert any(p is net.head.trainable.bias for p in no_decay["params"])
+    assert (decay["weight_decay"], no_decay["weight_decay"], no_decay["lr"]) == (0.1, 0.0, 3e-3)
+    assert len(decay["params"]) == len(weights) and len(no_decay["params"]) == len(biases)
+    scheduler.step()  # the scheduler still drives the groups the fresh parameters train in
+    assert no_decay["lr"] == pytest.approx(1.5e-3)
+    train_steps(net, opt, steps=1)
+    assert net.head.trainable.bias in opt.state
+
+
 def test_injection_bad_bindings():
     net = make_net()
     opt = torch.optim.Adam(net.parameters())

@@ -243,7 +243,16 @@ OPTIMIZERS = {
     "adamw_amsgrad": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, amsgrad=True),
     "sgd_momentum": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
     "sgd_momentum_foreach": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, foreach=True),
+    "rmsprop_centered": lambda p: torch.optim.RMSprop(p, lr=1e-2, momentum=0.9, centered=True),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2, initial_accumulator_value=0.1),
+    "adadelta": lambda p: torch.optim.Adadelta(p),
+    "adamax": lambda p: torch.optim.Adamax(p, lr=1e-2),
+    "nadam": lambda p: torch.optim.NAdam(p, lr=1e-2),
+    "radam": lambda p: torch.optim.RAdam(p, lr=1e-2),
+    "rprop": lambda p: torch.optim.Rprop(p, lr=0.03),
 }
+# The value each optimizer initialises a per-entry state with (torch.optim ``_init_group``), where not 0.
+INITIAL_STATE = {("adagrad", "sum"): 0.1, ("rprop", "step_size"): 0.03}
 
 
 def _train(net: nn.Module, opt: torch.optim.Optimizer, steps: int = 3) -> None:
@@ -267,13 +276,52 @@ def test_zero_state_entries_zeroes_exactly_those_entries(kind):
     zero_state_entries_([opt], weight, cols, dim=1)
     for key in moment_keys:
         after = opt.state[weight][key]
-        assert torch.all(after[:, cols] == 0)
+        # Back to the optimizer's initial value: Rprop's step sizes at 0 would freeze those entries.
+        assert torch.all(after[:, cols] == INITIAL_STATE.get((kind, key), 0.0))
         keep = torch.ones(weight.shape[1], dtype=torch.bool)
         keep[cols] = False
         assert torch.equal(after[:, keep], before[key][:, keep])
     if "step" in before:
         assert torch.equal(opt.state[weight]["step"], before["step"])
     _train(net, opt, steps=1)  # the optimizer still steps with the edited state
+
+
+def test_rprop_entries_keep_learning_after_a_reset():
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    opt = torch.optim.Rprop(layer.parameters(), lr=0.01)
+    x = torch.randn(8, 3)
+    for _ in range(2):
+        opt.zero_grad()
+        layer(x).sum().backward()
+        opt.step()
+    zero_state_entries_([opt], layer.weight, torch.tensor([0]), 0)
+    start = layer.weight.detach().clone()
+    for _ in range(20):
+        opt.zero_grad()
+        (layer(x) - 5).pow(2).sum().backward()
+        opt.step()
+    moved = (layer.weight - start).abs().amax(dim=1)
+    assert moved[0] > 0.1 and moved[1] > 0.1
+
+
+@pytest.mark.parametrize(
+    "make, key",
+    [
+        (lambda p: torch.optim.ASGD(p, lr=1e-2), "'ax'"),  # an averaged parameter, not a moment
+        (lambda p: torch.optim.Adafactor(p, lr=1e-2), "'row_var'"),  # factored: not shaped like the weight
+    ],
+    ids=["asgd", "adafactor"],
+)
+def test_zero_state_entries_refuses_unknown_per_entry_state(make, key):
+    net = make_net()
+    opt = make(net.parameters())
+    _train(net, opt)
+    before = {k: v.clone() for k, v in opt.state[net.head.weight].items()}
+    with pytest.raises(ValueError, match=f"per-entry state {key}.*cannot reset"):
+        zero_state_entries_([opt], net.head.weight, torch.tensor([1]), dim=1)
+    for k, v in opt.state[net.head.weight].items():
+        assert torch.equal(v, before[k])
 
 
 @pytest.mark.parametrize("kind", sorted(OPTIMIZERS))

@@ -413,3 +413,147 @@ def test_cbp_target_same_gets_the_same_fresh_weights():
     assert torch.all(target[2].weight[:, replaced] == 0)
     kept = (cbp.age["1"] == 1).nonzero().flatten()
     assert not torch.equal(target[0].weight[kept], net[0].weight[kept])
+
+
+# ---------------------------------------------------------------- optimizers of the layers reading the units
+
+
+class BodyHead(nn.Module):
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.head = nn.Linear(8, 2)
+        self.extra = nn.Linear(1, 1)  # trained by its own optimizer, untouched by ReDo on "body"
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("kind", ["redo", "cbp"])
+def test_unit_interventions_need_the_optimizer_of_the_layer_reading_the_units(kind):
+    # peers mistake #3: the head reads the body's units; without its optimizer its moments go stale.
+    net = BodyHead()
+    kill(net.body[0], [1, 4, 6])
+    opt_body = torch.optim.Adam(net.body.parameters())
+    opt_head = torch.optim.Adam(net.head.parameters())
+    opt_extra = torch.optim.Adam(net.extra.parameters())
+    opt_foreign = torch.optim.Adam(BodyHead(1).parameters())
+
+    def bind(optimizers):
+        if kind == "redo":
+            cfg = ReDoConfig(every=1, threshold=0.0, modules=("body",))
+            return ReDo(cfg, net, lambda: X, optimizers)
+        cfg = CBPConfig(enabled=True, replacement_rate=0.4, maturity_threshold=0, modules=("body",))
+        return ContinualBackprop(cfg, net, X, optimizers)
+
+    with pytest.raises(ValueError, match=r"head\.weight is not held.*reads unit group 'body\.1'"):
+        bind([opt_body])
+    with pytest.raises(ValueError, match="holds none of the parameters of the bound network"):
+        bind([opt_body, opt_head, opt_foreign])
+    intervention = bind([opt_body, opt_head, opt_extra])  # every optimizer of the network is accepted
+
+    net(X).pow(2).mean().backward()
+    opt_body.step()
+    opt_head.step()
+    for opt in (opt_body, opt_head):
+        for state in opt.state.values():
+            state["exp_avg"].fill_(1.0)
+            state["exp_avg_sq"].fill_(1.0)
+    if kind == "redo":
+        intervention.maybe_apply(1)
+        units = torch.tensor([1, 4, 6])
+    else:
+        net(X)  # the training forward CBP reads
+        intervention.maybe_apply(1)
+        intervention.remove_hooks()
+        units = (intervention.age["body.1"] == 0).nonzero().flatten()
+        assert units.numel() == 3
+    rest = torch.ones(8, dtype=torch.bool)
+    rest[units] = False
+    assert torch.all(net.head.weight[:, units] == 0)
+    for key in ("exp_avg", "exp_avg_sq"):
+        moments = opt_head.state[net.head.weight][key]
+        assert torch.all(moments[:, units] == 0) and torch.all(moments[:, rest] == 1)
+        assert torch.all(opt_body.state[net.body[0].weight][key][units] == 0)
+
+
+# ---------------------------------------------------------------- continual backprop bias correction
+
+
+def _cbp_replacing(net: nn.Module, x: torch.Tensor, rate: float, *, correction: bool = True, targets=()):
+    """CBP after three identical training forwards on ``x`` (no optimizer step): the running mean of a
+    constant activation is, bias-corrected, exactly that activation's mean."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    cfg = CBPConfig(
+        enabled=True, replacement_rate=rate, decay_rate=0.5, maturity_threshold=2, bias_correction=correction
+    )
+    cbp = ContinualBackprop(cfg, net, x, [opt], targets)
+    for step in (1, 2, 3):
+        net(x)
+        logs = cbp.maybe_apply(step)
+    cbp.remove_hooks()
+    return cbp, logs
+
+
+def test_cbp_bias_correction_keeps_the_mean_output():
+    net = tiny()
+    with torch.no_grad():
+        net[0].bias.add_(0.5)  # every unit active on some inputs
+        net[2].weight[:, 1] *= 0.01  # unit 1: the lowest utility, yet a non-zero contribution
+    x = X[:, :3]
+    target = copy.deepcopy(net)
+    with torch.no_grad():
+        target[2].weight.add_(0.1)  # a lagging target: corrected with its own outgoing weights
+    with torch.no_grad():
+        h = net[1](net[0](x))
+        out, target_out = net(x), target(x)
+    w, w_target, bias = net[2].weight[:, 1].clone(), target[2].weight[:, 1].clone(), net[2].bias.clone()
+    assert h[:, 1].abs().sum() > 0
+
+    cbp, logs = _cbp_replacing(net, x, 0.25, targets=[target])
+    assert logs["interventions/cbp/replaced_units"] == 1 and cbp.age["1"].tolist() == [3, 0, 3, 3]
+    mean = h[:, 1].mean()
+    # gnt.py: b ← b + w_out · m̂ before w_out ← 0; on each input the output changes by w_out·(m̂ − h).
+    torch.testing.assert_close(net[2].bias, bias + w * mean)
+    torch.testing.assert_close(net(x), out + (mean - h[:, 1:2]) * w, rtol=0, atol=1e-5)
+    torch.testing.assert_close(net(x).mean(0), out.mean(0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(target(x), target_out + (mean - h[:, 1:2]) * w_target, rtol=0, atol=1e-5)
+    assert torch.all(cbp.mean_activation["1"][1] == 0) and torch.all(cbp.mean_activation["1"][[0, 2, 3]] != 0)
+    assert set(cbp.state_dict()) == {"utility", "age", "mean_activation", "accumulated"}
+
+    plain = tiny()
+    with torch.no_grad():
+        plain[0].bias.add_(0.5)
+        plain[2].weight[:, 1] *= 0.01
+        plain_out = plain(x)
+    bias = plain[2].bias.clone()
+    _cbp_replacing(plain, x, 0.25, correction=False)
+    assert torch.equal(plain[2].bias, bias)
+    torch.testing.assert_close(plain(x), plain_out - h[:, 1:2] * w, rtol=0, atol=1e-5)
+
+
+def test_cbp_bias_correction_for_conv_and_flatten_readers():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)
+    )
+    with torch.no_grad():
+        net[0].bias.add_(0.2)
+        net[2].bias.add_(0.2)
+        h1 = net[1](net[0](XC))
+        h3 = net[3](net[2](h1))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cbp, logs = _cbp_replacing(net, XC, 0.34)
+    assert logs["interventions/cbp/replaced_units"] == 2
+    (c1,) = (cbp.age["1"] == 0).nonzero().flatten().tolist()
+    (c3,) = (cbp.age["3"] == 0).nonzero().flatten().tolist()
+    # Conv reader: the channel's mean over samples and positions times the kernel's sum per output channel.
+    conv_shift = before["2.weight"][:, c1].sum(dim=(1, 2)) * h1[:, c1].mean()
+    expected = before["2.bias"] + conv_shift
+    expected[c3] = 0.0  # conv2 also writes group "3": its replaced unit's own bias is zeroed
+    torch.testing.assert_close(net[2].bias, expected)
+    # Flattening Linear reader: every column (channel c3 at one position) with its own mean.
+    columns = before["5.weight"][:, c3 * 16 : (c3 + 1) * 16]
+    torch.testing.assert_close(net[5].bias, before["5.bias"] + columns @ h3[:, c3].flatten(1).mean(0))
+    assert cbp.mean_activation["3"].shape == (3, 16) and cbp.mean_activation["1"].shape == (4, 1)
