@@ -115,7 +115,7 @@ def set_rng_states(state: Mapping[str, Any]) -> None:
 
 def run_name(agent: str, env_id: str, tag: str, seed: int, timestamp: str | None = None) -> str:
     """``<agent>__<env>__<tag>__seed<seed>__<timestamp>`` with path-unsafe characters replaced."""
-    timestamp = timestamp or time.strftime("%Y%m%d-%H%M%S")
+    timestamp = time.strftime("%Y%m%d-%H%M%S") if timestamp is None else timestamp
     safe = lambda s: re.sub(r"[^A-Za-z0-9._+=-]+", "-", s).strip("-") or "none"
     return f"{safe(agent)}__{safe(env_id)}__{safe(tag or 'base')}__seed{seed}__{timestamp}"
 
