@@ -16,6 +16,14 @@ from .cnn import (
     NatureCNN,
     same_padding,
 )
+from .ensemble import (
+    EnsembleActivation,
+    EnsembleBlock,
+    EnsembleLayerNorm,
+    EnsembleLinear,
+    EnsembleMLP,
+    QEnsemble,
+)
 from .hooks import activation_modules, capture_activations
 from .init import fresh_copy, fresh_state, get_initializer, reinitialize_, set_initializer
 from .layers import (
@@ -38,6 +46,11 @@ __all__ = [
     "CReLU",
     "Conv2dSame",
     "DrQEncoder",
+    "EnsembleActivation",
+    "EnsembleBlock",
+    "EnsembleLayerNorm",
+    "EnsembleLinear",
+    "EnsembleMLP",
     "ImpalaCNN",
     "ImpalaResidualBlock",
     "ImpalaStage",
@@ -45,6 +58,7 @@ __all__ = [
     "MaxPool2dSame",
     "NatureCNN",
     "OrthogonalInit",
+    "QEnsemble",
     "ResNet18",
     "XavierUniformInit",
     "activation_modules",

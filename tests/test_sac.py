@@ -1,0 +1,413 @@
+"""SAC from states: losses against a hand computation, the update, the primacy-bias reset, smoke runs of
+every intervention flag, kill-and-resume equality, non-finite losses and bad input."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plasticrl.agents import sac
+from plasticrl.buffers import ReplayBatch
+from plasticrl.common import NonFiniteLossError, rl
+from plasticrl.interventions import (
+    CBPConfig,
+    HareTortoiseConfig,
+    InjectionConfig,
+    L2InitConfig,
+    ReDoConfig,
+    ResetConfig,
+    ShrinkPerturbConfig,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(tmp_path: Path, **overrides) -> sac.Args:
+    """A run of 1200 steps (one full training episode) with 200 updates of small networks."""
+    settings = dict(
+        env_id="cartpole-swingup",
+        total_steps=1200,
+        learning_starts=1000,
+        batch_size=32,
+        hidden_dims=(32, 32),
+        eval_every=600,
+        eval_episodes=1,
+        diagnostics_every=100,
+        log_every=100,
+        checkpoint_every=0,
+        probe_batch_size=64,
+        threads=1,
+        run_dir=str(tmp_path / "runs"),
+    )
+    settings.update(overrides)
+    return sac.Args(**settings)
+
+
+def scalar_tags(run_dir: str) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def eval_rows(run_dir: str | Path) -> list[dict]:
+    if not (Path(run_dir) / "eval.csv").is_file():
+        return []
+    with open(Path(run_dir) / "eval.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- losses by hand
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def _mlp(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    for i, (w, b) in enumerate(layers):
+        x = x @ w.T + b
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
+def _actor_np(actor: sac.Actor, obs: np.ndarray, noise: np.ndarray):
+    layers = [(_np(b.linear.weight), _np(b.linear.bias)) for b in actor.encoder]
+    layers.append((_np(actor.head.weight), _np(actor.head.bias)))
+    out = _mlp(obs, layers)
+    action_dim = noise.shape[1]
+    mean, raw = out[:, :action_dim], out[:, action_dim:]
+    low, high = actor.log_std_bounds
+    log_std = low + 0.5 * (high - low) * (np.tanh(raw) + 1)
+    pre = mean + np.exp(log_std) * noise
+    action = np.tanh(pre)
+    log_prob = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi) - np.log(1 - np.tanh(pre) ** 2)).sum(1)
+    return action, log_prob
+
+
+def _critic_np(critic, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+    x = np.concatenate([obs, action], axis=1)
+    values = []
+    for m in range(critic.num_members):
+        layers = [(_np(b.linear.members[m].weight), _np(b.linear.members[m].bias)) for b in critic.encoder]
+        layers.append((_np(critic.head.members[m].weight), _np(critic.head.members[m].bias)))
+        values.append(_mlp(x, layers)[:, 0])
+    return np.stack(values)
+
+
+def _tiny_problem():
+    torch.manual_seed(3)
+    args = sac.Args(hidden_dims=(5, 4), init_temperature=0.7)
+    nets = sac.SACNetworks(3, 2, args)
+    target = copy.deepcopy(nets)
+    with torch.no_grad():  # a target that differs from the online critic
+        for p in target.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    batch = ReplayBatch(
+        obs=torch.randn(4, 3, generator=g),
+        action=torch.rand(4, 2, generator=g) * 2 - 1,
+        reward=torch.randn(4, generator=g),
+        discount=torch.tensor([0.99, 0.0, 0.99, 0.99]),
+        next_obs=torch.randn(4, 3, generator=g),
+        n_steps=torch.ones(4, dtype=torch.int64),
+        indices=torch.arange(4),
+        weights=torch.ones(4),
+    )
+    return args, nets, target, batch, torch.randn(4, 2, generator=g)
+
+
+def test_critic_loss_matches_hand_computation():
+    _, nets, target, batch, noise = _tiny_problem()
+    loss, q = sac.critic_loss(nets, target, batch, noise)
+    next_action, next_log_prob = _actor_np(nets.actor, _np(batch.next_obs), _np(noise))
+    next_q = _critic_np(target.critic, _np(batch.next_obs), next_action).min(axis=0)
+    y = _np(batch.reward) + _np(batch.discount) * (next_q - 0.7 * next_log_prob)
+    q_expected = _critic_np(nets.critic, _np(batch.obs), _np(batch.action))
+    expected = ((q_expected[0] - y) ** 2).mean() + ((q_expected[1] - y) ** 2).mean()
+    np.testing.assert_allclose(_np(q), q_expected, rtol=1e-5, atol=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_actor_and_temperature_losses_match_hand_computation():
+    _, nets, _, batch, noise = _tiny_problem()
+    loss, log_prob = sac.actor_loss(nets, batch.obs, noise)
+    action, expected_log_prob = _actor_np(nets.actor, _np(batch.obs), _np(noise))
+    q = _critic_np(nets.critic, _np(batch.obs), action).min(axis=0)
+    np.testing.assert_allclose(_np(log_prob), expected_log_prob, rtol=1e-5, atol=1e-5)
+    assert loss.item() == pytest.approx((0.7 * expected_log_prob - q).mean(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in nets.critic.parameters())  # only dQ/da was needed
+    assert nets.actor.head.weight.grad is not None
+    alpha_loss = sac.temperature_loss(nets, log_prob, target_entropy=-1.0)
+    assert alpha_loss.item() == pytest.approx(0.7 * (-expected_log_prob.mean() + 1.0), rel=1e-5)
+    alpha_loss.backward()  # d/dlogα [α(H − H̄)] = α(H − H̄)
+    assert nets.temperature.log_alpha.grad.item() == pytest.approx(alpha_loss.item(), rel=1e-6)
+
+
+def test_update_steps_every_part_and_moves_the_target_by_tau():
+    args, nets, target, batch, _ = _tiny_problem()
+    args = dataclasses.replace(args, tau=0.25)
+    optimizers = sac.make_optimizers(nets, args, torch.device("cpu"))
+    before = {k: v.clone() for k, v in nets.state_dict().items()}
+    target_before = [p.clone() for p in target.critic.parameters()]
+    metrics = sac.update(
+        nets, target, optimizers, batch, args, -1.0, {"critic": [], "actor": [], "temperature": []}
+    )
+    assert set(metrics) >= {"losses/critic", "losses/actor", "losses/temperature", "losses/alpha"}
+    for name, value in nets.state_dict().items():
+        assert not torch.equal(value, before[name]), name
+    for old, new, online in zip(target_before, target.critic.parameters(), nets.critic.parameters()):
+        torch.testing.assert_close(new, 0.75 * old + 0.25 * online)
+    assert torch.equal(target.actor.head.weight, copy.deepcopy(target).actor.head.weight)
+
+
+def test_primacy_bias_reset_recreates_the_whole_agent_and_syncs_the_target():
+    args, nets, target, batch, _ = _tiny_problem()
+    args = dataclasses.replace(args, reset=ResetConfig(every=1, modules=("all",)))
+    optimizers = sac.make_optimizers(nets, args, torch.device("cpu"))
+    parts = {
+        "critic": ([nets.critic], optimizers.critic),
+        "actor": ([nets.actor], optimizers.actor),
+        "temperature": ([nets.temperature], optimizers.temperature),
+    }
+    interventions, penalties = rl.build_interventions(
+        args, nets, target, parts, lambda: None, (batch.obs, batch.action)
+    )
+    sac.update(nets, target, optimizers, batch, args, -1.0, penalties)
+    trained = {k: v.clone() for k, v in nets.state_dict().items()}
+    assert interventions.maybe_apply(1) == {"interventions/reset": 1.0}
+    assert nets.temperature().item() == pytest.approx(0.7)
+    for name, value in nets.state_dict().items():
+        assert not torch.equal(value, trained[name]), name
+    for opt in (optimizers.actor, optimizers.critic, optimizers.temperature):
+        assert len(opt.state) == 0
+    for name, value in nets.critic.state_dict().items():
+        assert torch.equal(target.critic.state_dict()[name], value)
+
+
+# ----------------------------------------------------------------------------- smoke runs
+
+
+def test_smoke_run_writes_a_complete_run_directory(tmp_path):
+    args = tiny_args(tmp_path, reset=ResetConfig(every=100, modules=("all",)))
+    summary = sac.main(args)
+    assert summary["updates"] == 200  # floor((1200 − 1000) · 1)
+    assert summary["steps"] == 1200 and summary["episodes"] == 1
+    assert summary["interventions"] == {"reset": 2}
+    run_dir = Path(summary["run_dir"])
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
+        "config.json",
+        "eval.csv",
+        "result.json",
+    ]
+    assert json.loads((run_dir / "result.json").read_text())["updates"] == 200
+    assert [int(r["step"]) for r in eval_rows(run_dir)] == [600, 1200]
+    tags = scalar_tags(str(run_dir))
+    expected = {
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "charts/SPS",
+        "charts/updates",
+        "losses/critic",
+        "losses/actor",
+        "losses/temperature",
+        "eval/episodic_return",
+        "interventions/reset",
+        "plasticity/dormant_ratio/actor",
+        "plasticity/dormant_ratio/critic",
+        "plasticity/srank/critic",
+        "plasticity/srank/critic/member1",
+        "plasticity/distance_from_init/critic",
+        "plasticity/dormant_ratio/critic/encoder.0.act.members.1",
+    }
+    assert expected <= tags, expected - tags
+
+
+@pytest.mark.parametrize("replay_ratio,updates", [(0.25, 50), (4.0, 800)])
+def test_fractional_and_high_replay_ratios_run_the_exact_number_of_updates(tmp_path, replay_ratio, updates):
+    args = tiny_args(tmp_path, replay_ratio=replay_ratio, diagnostics_every=0, eval_every=1200)
+    assert sac.main(args)["updates"] == updates
+
+
+INTERVENTIONS = {
+    "reset": dict(reset=ResetConfig(every=100, modules=("critic.head", "temperature"))),
+    "shrink_perturb": dict(shrink_perturb=ShrinkPerturbConfig(every=100, modules=("actor", "critic"))),
+    "hare_tortoise": dict(hare_tortoise=HareTortoiseConfig(enabled=True, every=100)),
+    "l2_init": dict(l2_init=L2InitConfig(enabled=True)),
+    "redo": dict(redo=ReDoConfig(every=100, batch_size=64)),
+    "injection": dict(injection=InjectionConfig(at=(100,), modules=("actor.head", "critic.head"))),
+    "cbp": dict(cbp=CBPConfig(enabled=True, replacement_rate=0.01, maturity_threshold=10)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INTERVENTIONS))
+def test_every_intervention_flag_runs(tmp_path, name):
+    args = tiny_args(tmp_path, diagnostics_every=0, eval_every=1200, **INTERVENTIONS[name])
+    summary = sac.main(args)
+    assert summary["updates"] == 200
+    if name != "l2_init":  # L2-init acts through the loss, not as an event
+        assert summary["interventions"].get(name, 0) >= 1
+        assert f"interventions/{name}" in scalar_tags(summary["run_dir"])
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _agent_command(*flags: str) -> list[str]:
+    return [sys.executable, str(REPO / "agents" / "sac.py"), *flags]
+
+
+def _env() -> dict:
+    return {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    start = time.time()
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {path.name} appeared: {process.stderr.read()}")
+        if time.time() - start > timeout:
+            process.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+RESUME_SETTINGS = dict(
+    total_steps=1600,
+    learning_starts=400,
+    eval_every=800,
+    diagnostics_every=400,
+    log_every=200,
+    checkpoint_every=700,
+    reset=ResetConfig(every=600, modules=("all",)),
+)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> dict:
+    """The uninterrupted run the resumed ones must reproduce."""
+    return sac.main(tiny_args(tmp_path_factory.mktemp("reference"), **RESUME_SETTINGS))
+
+
+def _flags(args: sac.Args) -> list[str]:
+    """The command line of ``args`` (the fields tiny_args and RESUME_SETTINGS set)."""
+    flags = []
+    for name in (
+        "env_id", "total_steps", "learning_starts", "batch_size", "eval_every", "eval_episodes",
+        "diagnostics_every", "log_every", "checkpoint_every", "probe_batch_size", "threads", "run_dir",
+    ):  # fmt: skip
+        flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    flags += ["--hidden-dims", *map(str, args.hidden_dims)]
+    return flags + ["--reset.every", str(args.reset.every), "--reset.modules", *args.reset.modules]
+
+
+def test_killed_and_resumed_run_gives_the_same_evaluations(tmp_path, reference_run):
+    reference = reference_run
+    args = tiny_args(tmp_path / "killed", **RESUME_SETTINGS)
+    # SIGKILL right after the first checkpoint (step 700, mid-episode: resuming replays the episode).
+    process = subprocess.Popen(_agent_command(*_flags(args)), env=_env(), stderr=subprocess.PIPE, text=True)
+    runs = Path(args.run_dir)
+    while not runs.exists() or not any(runs.iterdir()):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    [run_dir] = runs.iterdir()
+    _wait_for(run_dir / "checkpoint.pt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (run_dir / "result.json").exists()
+    # --resume alone: the saved config gives every other flag.
+    finished = subprocess.run(
+        _agent_command("--resume", str(run_dir)), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert len(eval_rows(run_dir)) == 2
+    assert eval_rows(run_dir) == eval_rows(reference["run_dir"])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["updates"] == reference["updates"] == 1200
+    assert result["interventions"] == reference["interventions"] == {"reset": 2}
+    assert result["final_eval_return"] == reference["final_eval_return"]
+
+
+def test_sigterm_writes_a_checkpoint_and_the_resumed_run_matches(tmp_path, reference_run):
+    reference = reference_run
+    args = tiny_args(tmp_path / "stopped", **dict(RESUME_SETTINGS, checkpoint_every=0))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        stopped = sac.main(args)
+    finally:
+        timer.cancel()
+    assert stopped["interrupted"] == "SIGTERM" and rl.exit_code(stopped) == 143
+    run_dir = Path(stopped["run_dir"])
+    assert not (run_dir / "result.json").exists()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == stopped["steps"]
+    assert 0 < stopped["steps"] < 1600
+    resumed = sac.main(dataclasses.replace(args, resume=str(run_dir)))
+    assert resumed["updates"] == 1200
+    assert eval_rows(run_dir) == eval_rows(reference["run_dir"])
+
+
+def test_non_finite_loss_stops_the_run_with_a_checkpoint_and_a_message(tmp_path):
+    args = tiny_args(tmp_path, critic_lr=1e38, log_every=1, diagnostics_every=0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss losses/\w+ .* at step 10\d\d"):
+        sac.main(args)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert (run_dir / rl.NONFINITE_CHECKPOINT_FILE).is_file()
+    assert not (run_dir / "result.json").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (dict(env_id="cheetah-runn"), ValueError, "Unknown DMC task 'cheetah-runn'.*cheetah-run"),
+        (dict(replay_ratio=0.0), ValueError, "--replay-ratio"),
+        (dict(replay_ratio=-2.0), ValueError, "--replay-ratio"),
+        (dict(learning_starts=1200), ValueError, "--learning-starts 1200 must be below --total-steps 1200"),
+        (dict(eval_every=0), ValueError, "--eval-every must be >= 1"),
+        (dict(batch_size=2000), ValueError, "--learning-starts 1000 must be at least --batch-size 2000"),
+        (dict(reset=ResetConfig(every=10, modules=("encoder",))), ValueError, "--reset.modules encoder"),
+        (dict(redo=ReDoConfig(every=10, modules=("temperature",))), ValueError, "no recyclable hidden layer"),
+    ],
+)
+def test_bad_input_is_refused_before_a_run_directory_is_made(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        sac.main(tiny_args(tmp_path, **overrides))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_needs_a_checkpoint_and_matching_flags(tmp_path):
+    summary = sac.main(tiny_args(tmp_path, diagnostics_every=0))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint.pt"):
+        sac.main(tiny_args(tmp_path, resume=summary["run_dir"]))
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        sac.main(tiny_args(tmp_path, resume=str(tmp_path / "missing")))
+    finished = sac.main(tiny_args(tmp_path, diagnostics_every=0, checkpoint_every=600))
+    with pytest.raises(
+        ValueError, match="conflict with the saved config.json: batch_size: saved 32, given 64"
+    ):
+        sac.main(
+            tiny_args(
+                tmp_path, diagnostics_every=0, checkpoint_every=600, batch_size=64, resume=finished["run_dir"]
+            )
+        )
+    with pytest.raises(ValueError, match="already reached step 1200"):
+        sac.main(tiny_args(tmp_path, diagnostics_every=0, checkpoint_every=600, resume=finished["run_dir"]))
