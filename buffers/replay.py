@@ -675,15 +675,35 @@ class ReplayBuffer:
             "priority_exponent": self.priority_exponent,
         }
 
+    # Per-env ring arrays and the per-env length of their rows (the rest are small per-env counters).
+    _FRAME_RINGS = ("_frames",)
+    _TRANSITION_RINGS = ("_obs_pointer", "_action", "_reward", "_terminated", "_truncated")
+
+    def _ring_rows(self, name: str) -> tuple[int, int]:
+        """(rows per env, rows written so far in the fullest env's ring) of a per-env ring array."""
+        if name in self._FRAME_RINGS:
+            per_env, written = self.frame_capacity_per_env, self._frames_written
+        else:
+            per_env, written = self.capacity_per_env, self._added
+        return per_env, int(min(per_env, written.max(initial=0)))
+
     def state_dict(self) -> dict:
         """Everything needed to restore the buffer exactly: storage, counters, priorities, RNG state.
 
-        Arrays are torch tensors sharing memory with the buffer (no copy: an Atari-100k buffer is
-        ~0.75 GB), so ``torch.save`` it before adding again. Loads with ``torch.load(weights_only=True)``.
+        Ring arrays are saved up to the fullest env's written part only, so an early checkpoint of a
+        large buffer is small. Arrays are torch tensors sharing memory with the buffer where possible
+        (no copy: an Atari-100k buffer is ~0.75 GB), so ``torch.save`` it before adding again. Loads with
+        ``torch.load(weights_only=True)``.
         """
         state = {"config": self._config()}
         for name in self._ARRAYS:
-            state[name.lstrip("_")] = torch.from_numpy(getattr(self, name))
+            array = getattr(self, name)
+            if name in self._FRAME_RINGS or name in self._TRANSITION_RINGS:
+                per_env, written = self._ring_rows(name)
+                array = array.reshape(self.num_envs, per_env, *array.shape[1:])[:, :written]
+                if self.num_envs > 1:
+                    array = np.ascontiguousarray(array)
+            state[name.lstrip("_")] = torch.from_numpy(array)
         state["tree"] = None if self._tree is None else torch.from_numpy(self._tree.nodes)
         state["max_priority"] = self.max_priority
         state["importance_exponent"] = float(self.importance_exponent)
@@ -703,6 +723,18 @@ class ReplayBuffer:
             target = getattr(self, name)
             value = state[name.lstrip("_")]
             value = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if name in self._FRAME_RINGS or name in self._TRANSITION_RINGS:
+                per_env = self._ring_rows(name)[0]
+                rings = target.reshape(self.num_envs, per_env, *target.shape[1:])
+                fits = value.shape[0] == self.num_envs and value.shape[1] <= per_env
+                if not fits or value.shape[2:] != rings.shape[2:]:
+                    raise ValueError(
+                        f"checkpoint array {name} has shape {value.shape}, expected "
+                        f"({self.num_envs}, <= {per_env}, {', '.join(map(str, rings.shape[2:]))})"
+                    )
+                rings[:, : value.shape[1]] = value
+                rings[:, value.shape[1] :] = 0
+                continue
             if value.shape != target.shape:
                 raise ValueError(f"checkpoint array {name} has shape {value.shape}, expected {target.shape}")
             np.copyto(target, value)

@@ -248,19 +248,11 @@ def exit_code(summary: Mapping[str, Any]) -> int:
 # ----------------------------------------------------------------------------- environments
 
 
-def _dm_task(env: gym.Env) -> Any | None:
-    """The dm_control task of a :func:`plasticrl.envs.make_dmc` env (its RNG draws initial states)."""
-    inner = getattr(env.unwrapped, "_env", None)
-    task = getattr(inner, "task", None)
-    return task if task is not None and hasattr(task, "random") else None
-
-
 def env_rng_state(env: gym.Env) -> dict[str, Any]:
-    """The RNG states that decide an env's next episodes (dm_control task RNG, gymnasium's np_random)."""
+    """The RNG states that decide an env's next episodes (a DMC task's RNG, gymnasium's np_random)."""
     state: dict[str, Any] = {}
-    task = _dm_task(env)
-    if task is not None:
-        state["task"] = task.random.get_state()
+    if hasattr(env.unwrapped, "random_state"):  # plasticrl.envs.DMCEnv
+        state["task"] = env.unwrapped.random_state()
     generator = getattr(env.unwrapped, "_np_random", None)
     if generator is not None:
         state["np_random"] = generator.bit_generator.state
@@ -270,12 +262,9 @@ def env_rng_state(env: gym.Env) -> dict[str, Any]:
 def set_env_rng_state(env: gym.Env, state: Mapping[str, Any]) -> None:
     """Restore :func:`env_rng_state`."""
     if "task" in state:
-        task = _dm_task(env)
-        if task is None:
-            raise ValueError(
-                "checkpoint holds a dm_control task RNG state but this env has no dm_control task"
-            )
-        task.random.set_state(state["task"])
+        if not hasattr(env.unwrapped, "set_random_state"):
+            raise ValueError("checkpoint holds a DMC task RNG state but this env is not a plasticrl DMC env")
+        env.unwrapped.set_random_state(state["task"])
     if "np_random" in state:
         generator = env.unwrapped.np_random
         generator.bit_generator.state = state["np_random"]

@@ -242,6 +242,14 @@ class DMCEnv(gym.Env):
         """Environment steps per agent step."""
         return self._action_repeat
 
+    def random_state(self) -> tuple:
+        """State of the task's RNG, which draws each episode's initial state (save it to resume exactly)."""
+        return self._env.task.random.get_state()
+
+    def set_random_state(self, state: tuple) -> None:
+        """Restore :meth:`random_state`; the next ``reset()`` then starts the episode it would have."""
+        self._env.task.random.set_state(state)
+
     def _load(self, seed: int) -> None:
         self._env = self._suite.load(self._domain, self._task, task_kwargs={"random": seed})
         if self._pixels:

@@ -604,6 +604,40 @@ def test_state_dict_round_trip_gives_identical_future_samples_and_adds():
 # --------------------------------------------------------------------------- bad input
 
 
+def test_state_dict_holds_only_the_written_part_and_restores_into_a_used_buffer():
+    space = spaces.Box(0, 255, (4, 8, 8), np.uint8)
+
+    def build(seed: int) -> ReplayBuffer:
+        return ReplayBuffer(10_000, space, spaces.Discrete(3), frame_stack=4, num_envs=2, seed=seed)
+
+    rng = np.random.default_rng(0)
+    small = build(0)
+    obs = rng.integers(0, 255, (2, 4, 8, 8), dtype=np.uint8)
+    for _ in range(5):
+        next_obs = np.concatenate([obs[:, 1:], rng.integers(0, 255, (2, 1, 8, 8), dtype=np.uint8)], axis=1)
+        small.add(obs, np.array([0, 1]), np.ones(2), next_obs, np.zeros(2, bool), np.zeros(2, bool))
+        obs = next_obs
+    state = small.state_dict()
+    # 5 steps of one episode per env: 4 + 5 frames and 5 transitions written, not the 10,000-slot rings.
+    assert state["frames"].shape[:2] == (2, 9)
+    assert state["action"].shape[:2] == (2, 5)
+
+    used = build(1)  # a buffer that already holds other data must end up identical to `small`
+    for _ in range(20):
+        obs = rng.integers(0, 255, (2, 4, 8, 8), dtype=np.uint8)
+        next_obs = np.concatenate([obs[:, 1:], obs[:, :1]], axis=1)
+        used.add(obs, np.array([2, 2]), np.zeros(2), next_obs, np.ones(2, bool), np.zeros(2, bool))
+    blob = io.BytesIO()
+    torch.save(state, blob)
+    blob.seek(0)
+    used.load_state_dict(torch.load(blob))
+    for name in ReplayBuffer._ARRAYS:
+        np.testing.assert_array_equal(getattr(used, name), getattr(small, name), err_msg=name)
+    a, b = small.sample(4), used.sample(4)
+    np.testing.assert_array_equal(a.obs, b.obs)
+    np.testing.assert_array_equal(a.next_obs, b.next_obs)
+
+
 def atari_buffer(**kwargs) -> ReplayBuffer:
     return ReplayBuffer(
         32, spaces.Box(0, 255, (4, 2, 2), np.uint8), spaces.Discrete(3), frame_stack=4, **kwargs

@@ -207,3 +207,15 @@ def test_missing_render_backend_names_the_fix():
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("RuntimeError:") and "apt-get install libosmesa6" in last_line
+
+
+def test_random_state_round_trip_replays_the_same_episode_start():
+    env = make_dmc("cartpole-swingup", seed=3)
+    env.reset()
+    state = env.unwrapped.random_state()
+    first, _ = env.reset()
+    second, _ = env.reset()
+    assert not np.array_equal(first, second)  # each episode draws a new initial state
+    env.unwrapped.set_random_state(state)
+    again, _ = env.reset()
+    np.testing.assert_array_equal(again, first)
