@@ -118,7 +118,7 @@ def main() -> None:
 
     results: dict[str, float] = {}
     results["update (fwd+bwd+AdamW, batch 32)"] = update_ms = median_ms(update, reps, device)
-    results["diagnostics pass (measure, probe 256)"] = diag_ms = median_ms(
+    results[f"diagnostics pass (measure, probe {args.probe_batch})"] = diag_ms = median_ms(
         lambda: measure(net, probe), reps, device
     )
 
@@ -152,7 +152,7 @@ def main() -> None:
     masks = redo.dormant_masks(probe)
     dormant = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    results[f"ReDo scoring forward only (probe 256, {dormant}/{total} dormant)"] = median_ms(
+    results[f"ReDo scoring forward only (probe {args.probe_batch}, {dormant}/{total} dormant)"] = median_ms(
         lambda: redo.dormant_masks(probe), reps, device
     )
 
