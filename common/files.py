@@ -17,6 +17,16 @@ from typing import IO, Any
 import torch
 
 
+def _default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask); mkstemp's own is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """A binary file that replaces ``path`` only when the ``with`` block completes without error."""
@@ -24,6 +34,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

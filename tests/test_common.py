@@ -45,6 +45,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_json(target, {"x": 2})
     assert json.loads(target.read_text()) == {"x": 2}
     assert sorted(os.listdir(tmp_path)) == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # like open(), not mkstemp's 0o600
 
 
 def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
