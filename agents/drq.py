@@ -65,6 +65,7 @@ from plasticrl.interventions import (
     ReDoConfig,
     ResetConfig,
     ShrinkPerturbConfig,
+    ordered_configs,
     run_tag,
 )
 from plasticrl.networks import MLP, DrQEncoder, OrthogonalInit, QEnsemble, fresh_copy, set_initializer
@@ -173,19 +174,6 @@ class Args:
     """plasticity injection"""
     cbp: CBPConfig = CBPConfig()
     """continual backprop"""
-
-
-def intervention_configs(args: Args) -> list:
-    """The intervention configs in their order of application (for the run tag)."""
-    return [
-        args.reset,
-        args.shrink_perturb,
-        args.redo,
-        args.cbp,
-        args.injection,
-        args.hare_tortoise,
-        args.l2_init,
-    ]
 
 
 # ----------------------------------------------------------------------------- networks
@@ -519,7 +507,7 @@ def main(args: Args) -> dict[str, Any]:
             getattr(optimizers, k).load_state_dict(state["optimizers"][k])
         initial.update(state["initial"])
 
-    tag = run_tag(intervention_configs(args))
+    tag = run_tag(ordered_configs(args))
     run, checkpoint = rl.open_run(AGENT, args, tag)
     rl.announce(AGENT, args, run, env_steps_per_step=action_repeat)
     loop = rl.OffPolicyLoop(

@@ -51,6 +51,7 @@ from plasticrl.interventions import (
     ReDoConfig,
     ResetConfig,
     ShrinkPerturbConfig,
+    ordered_configs,
     run_tag,
 )
 from plasticrl.networks import MLP, OrthogonalInit, QEnsemble, set_initializer
@@ -140,19 +141,6 @@ class Args:
     """plasticity injection"""
     cbp: CBPConfig = CBPConfig()
     """continual backprop"""
-
-
-def intervention_configs(args: Args) -> list:
-    """The intervention configs in their order of application (for the run tag)."""
-    return [
-        args.reset,
-        args.shrink_perturb,
-        args.redo,
-        args.cbp,
-        args.injection,
-        args.hare_tortoise,
-        args.l2_init,
-    ]
 
 
 # ----------------------------------------------------------------------------- networks
@@ -385,7 +373,7 @@ def main(args: Args) -> dict[str, Any]:
             getattr(optimizers, k).load_state_dict(state["optimizers"][k])
         initial.update(state["initial"])
 
-    tag = run_tag(intervention_configs(args))
+    tag = run_tag(ordered_configs(args))
     run, checkpoint = rl.open_run(AGENT, args, tag)
     rl.announce(AGENT, args, run)
     loop = rl.OffPolicyLoop(

@@ -458,8 +458,9 @@ def build_interventions(
     ``loss_parts`` maps each loss (``critic``, ``actor``, ``temperature``) to the parts it trains and
     their optimizer. L2-init is bound once per loss, restricted to the selected modules inside that
     loss's parts (``l2_init_<loss>``), so each penalty is added to the loss whose optimizer steps those
-    parameters. Order of application after each update: reset, shrink & perturb, ReDo, continual
-    backprop, plasticity injection, hare & tortoise. Returns the set and the L2-init terms per loss.
+    parameters. Order of application after each update: ``INTERVENTION_ORDER`` (hare & tortoise, continual
+    backprop, ReDo, reset, shrink & perturb, plasticity injection). Returns the set and the L2-init terms
+    per loss.
     """
     optimizers = [opt for _, opt in loss_parts.values()]
     if args.hare_tortoise.enabled and args.injection.enabled:
@@ -467,7 +468,20 @@ def build_interventions(
             "--hare-tortoise.enabled cannot be combined with --injection: the tortoise is a copy of the "
             "network made at the start and would not receive the injected modules"
         )
+    # Application order: plasticrl.interventions.INTERVENTION_ORDER (the same in the supervised harness).
     entries = []
+    if args.hare_tortoise.enabled:
+        entries.append(HareTortoise(args.hare_tortoise, network, optimizers, [target]))
+    # Unit-level interventions also zero columns of the layers reading the units, which may belong to
+    # another part (the conv units feed the actor's and the critic's projections): all optimizers.
+    if args.cbp.enabled:
+        modules = _resolve(network, args.cbp.modules, "cbp")
+        entries.append(
+            ContinualBackprop(args.cbp, network, example_inputs, optimizers, [target], modules=modules)
+        )
+    if args.redo.enabled:
+        modules = _resolve(network, args.redo.modules, "redo")
+        entries.append(ReDo(args.redo, network, batch_fn, optimizers, [target], modules=modules))
     if args.reset.enabled:
         modules = _resolve(network, args.reset.modules, "reset")
         entries.append(
@@ -484,16 +498,6 @@ def build_interventions(
                 modules=modules,
             )
         )
-    if args.redo.enabled:
-        modules = _resolve(network, args.redo.modules, "redo")
-        # Unit-level interventions also zero columns of the layers reading the units, which may belong to
-        # another part (the conv units feed the actor's and the critic's projections): all optimizers.
-        entries.append(ReDo(args.redo, network, batch_fn, optimizers, [target], modules=modules))
-    if args.cbp.enabled:
-        modules = _resolve(network, args.cbp.modules, "cbp")
-        entries.append(
-            ContinualBackprop(args.cbp, network, example_inputs, optimizers, [target], modules=modules)
-        )
     if args.injection.enabled:
         modules = _resolve(network, args.injection.modules, "injection")
         entries.append(
@@ -501,8 +505,6 @@ def build_interventions(
                 args.injection, network, optimizers_holding(modules, optimizers), [target], modules=modules
             )
         )
-    if args.hare_tortoise.enabled:
-        entries.append(HareTortoise(args.hare_tortoise, network, optimizers, [target]))
     penalties: dict[str, list[L2Init]] = {name: [] for name in loss_parts}
     if args.l2_init.enabled:
         selected = _resolve(network, args.l2_init.modules, "l2-init")

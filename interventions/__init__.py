@@ -19,6 +19,7 @@ from .base import Intervention, InterventionSet, apply_all
 from .binding import resolve_modules, weight_layers
 from .cbp import ContinualBackprop
 from .config import (
+    INTERVENTION_ORDER,
     CBPConfig,
     HareTortoiseConfig,
     InjectionConfig,
@@ -27,6 +28,7 @@ from .config import (
     ResetConfig,
     ScheduleConfig,
     ShrinkPerturbConfig,
+    ordered_configs,
     run_tag,
 )
 from .diagnostics import (
@@ -46,6 +48,7 @@ from .reset import Reset, ShrinkPerturb
 from .units import Outgoing, UnitGroup, find_unit_groups, recycle_units_
 
 __all__ = [
+    "INTERVENTION_ORDER",
     "CBPConfig",
     "ContinualBackprop",
     "HareTortoise",
@@ -77,6 +80,7 @@ __all__ = [
     "measure",
     "recycle_units_",
     "resolve_modules",
+    "ordered_configs",
     "run_tag",
     "srank",
     "weight_layers",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 __all__ = [
+    "INTERVENTION_ORDER",
     "CBPConfig",
     "HareTortoiseConfig",
     "InjectionConfig",
@@ -25,8 +26,25 @@ __all__ = [
     "ResetConfig",
     "ScheduleConfig",
     "ShrinkPerturbConfig",
+    "ordered_configs",
     "run_tag",
 ]
+
+# The order in which interventions act after a gradient update, in the agents and in the supervised
+# harness alike: the tortoise first averages the weights the optimizer just produced, then the unit-level
+# recyclers (continual backprop, ReDo), then the scheduled re-draws (reset, shrink & perturb), then the
+# structural change (injection); L2-init only adds a loss term. Field names of the configs in an agent's
+# Args or a harness config.
+INTERVENTION_ORDER = ("hare_tortoise", "cbp", "redo", "reset", "shrink_perturb", "injection", "l2_init")
+
+
+def ordered_configs(settings: object) -> list:
+    """The intervention configs held by ``settings`` (one field per name of ``INTERVENTION_ORDER``),
+    in application order: what :func:`run_tag` expects."""
+    missing = [name for name in INTERVENTION_ORDER if not hasattr(settings, name)]
+    if missing:
+        raise AttributeError(f"{type(settings).__name__} has no intervention fields {missing}")
+    return [getattr(settings, name) for name in INTERVENTION_ORDER]
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

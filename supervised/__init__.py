@@ -20,7 +20,6 @@ from .config import (
     SupervisedResetConfig,
     SupervisedShrinkPerturbConfig,
     WarmStartConfig,
-    intervention_configs,
     interventions_tag,
     without_interventions,
 )
@@ -116,7 +115,6 @@ __all__ = [
     "file_md5",
     "flat_inputs",
     "holdout_validation",
-    "intervention_configs",
     "interventions_tag",
     "layer_reset",
     "load_dataset",

@@ -26,6 +26,7 @@ from plasticrl.interventions import (
     ReDoConfig,
     ResetConfig,
     ShrinkPerturbConfig,
+    ordered_configs,
     run_tag,
 )
 
@@ -44,7 +45,6 @@ __all__ = [
     "SupervisedShrinkPerturbConfig",
     "WARM_START_PRESETS",
     "WarmStartConfig",
-    "intervention_configs",
     "interventions_tag",
     "without_interventions",
 ]
@@ -244,22 +244,9 @@ class CommonConfig:
             raise ValueError("a linear model has no hidden activation to make CReLU")
 
 
-def intervention_configs(config: CommonConfig) -> list[Any]:
-    """The intervention configs in application order."""
-    return [
-        config.hare_tortoise,
-        config.cbp,
-        config.redo,
-        config.reset,
-        config.shrink_perturb,
-        config.injection,
-        config.l2_init,
-    ]
-
-
 def interventions_tag(config: CommonConfig) -> str:
     """Run-name fragment of every active intervention (``baseline`` when none)."""
-    return run_tag(intervention_configs(config))
+    return run_tag(ordered_configs(config))
 
 
 def without_interventions(config: CommonConfig) -> CommonConfig:

@@ -150,8 +150,9 @@ def build_interventions(
     monitor: PlasticityMonitor | None = None,
     extra: Sequence[tuple[Intervention, str]] = (),
 ) -> InterventionSchedule:
-    """Bind every intervention the config switches on to ``network`` and ``optimizer``, in the order
-    hare & tortoise, continual backprop, ReDo, reset, shrink & perturb, injection, L2-init, then ``extra``.
+    """Bind every intervention the config switches on to ``network`` and ``optimizer``, in
+    ``INTERVENTION_ORDER`` (hare & tortoise, continual backprop, ReDo, reset, shrink & perturb, injection,
+    L2-init), then ``extra``.
 
     ``batch_fn`` returns a training batch (ReDo scores units on it); ``example_inputs`` are a few inputs
     (continual backprop finds its layers with them).

@@ -354,3 +354,40 @@ def test_add_params_copies_group_hyperparameters():
     )
     with pytest.raises(ValueError, match="already held"):
         add_params_(opt, extra.parameters(), like=net.head.weight)
+
+
+def test_ordered_configs_follow_the_one_application_order():
+    from types import SimpleNamespace
+
+    from plasticrl.interventions import INTERVENTION_ORDER, ordered_configs
+
+    settings = SimpleNamespace(**{name: f"config:{name}" for name in INTERVENTION_ORDER})
+    assert ordered_configs(settings) == [f"config:{name}" for name in INTERVENTION_ORDER]
+    assert INTERVENTION_ORDER.index("hare_tortoise") < INTERVENTION_ORDER.index("reset")
+    with pytest.raises(AttributeError, match="redo"):
+        ordered_configs(SimpleNamespace(**{n: None for n in INTERVENTION_ORDER if n != "redo"}))
+
+
+def test_agents_bind_interventions_in_the_application_order():
+    import torch
+    from torch import nn
+
+    from plasticrl.agents.sac import Args
+    from plasticrl.common.rl import build_interventions
+    from plasticrl.interventions import HareTortoiseConfig, ReDoConfig, ResetConfig
+
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.Adam(net.parameters())
+    x = torch.randn(4, 3)
+    on = {
+        "reset": ResetConfig(every=5, modules=("all",)),
+        "redo": ReDoConfig(every=5),
+        "hare_tortoise": HareTortoiseConfig(enabled=True),
+    }
+    rl_set, _ = build_interventions(
+        Args(**on), net, nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)), {"critic": ([net], opt)},
+        batch_fn=lambda: x, example_inputs=x,
+    )  # fmt: skip
+    # INTERVENTION_ORDER: hare & tortoise, (cbp), redo, reset; the harness's order is checked in
+    # tests/test_supervised_train.py.
+    assert [type(i).__name__ for i in rl_set] == ["HareTortoise", "ReDo", "Reset"]
