@@ -22,6 +22,8 @@ Rendering runs headless. ``render_backend`` picks MuJoCo's OpenGL backend (``MUJ
 (default; GPU drivers or Mesa's llvmpipe on CPUs), ``"osmesa"`` (software; ``apt-get install
 libosmesa6``) or ``"glfw"`` (needs a display). dm_control reads the choice once, when it is first
 imported, so it is fixed for the whole process; this module sets it before importing dm_control.
+A state-only env with no ``MUJOCO_GL`` set uses EGL where libEGL is installed and otherwise switches
+rendering off (``MUJOCO_GL=disable``), so state-only runs need no GL library.
 ``fast_render=True`` turns off shadows and multisample anti-aliasing and shrinks the offscreen buffer
 to the image size (about 5× faster on a CPU); the frames then differ slightly from the papers' (default
 MuJoCo look), so use ``fast_render=False`` to reproduce published pixel results exactly.
@@ -29,6 +31,7 @@ MuJoCo look), so use ``fast_render=False`` to reproduce published pixel results 
 
 from __future__ import annotations
 
+import ctypes.util
 import difflib
 import os
 import sys
@@ -94,17 +97,37 @@ def _active_backend() -> str | None:
     return None if render_module is None else getattr(render_module, "BACKEND", None)
 
 
+_NO_RENDERER_NAMES = frozenset({"off", "disable", "disabled", "false", "0"})
+
+
+def _default_backend(pixels: bool) -> str:
+    """EGL, unless this is a state-only env on a machine without libEGL: then rendering is switched off,
+    so that state-only runs need no GL library at all (dm_control would otherwise fail importing EGL)."""
+    if pixels or ctypes.util.find_library("EGL") is not None:
+        return "egl"
+    return "disable"
+
+
 def _select_backend(render_backend: str | None, pixels: bool) -> str | None:
     """Set MUJOCO_GL / PYOPENGL_PLATFORM before dm_control is imported; check it after.
 
     Returns the backend pixels will render with (None for state-only envs that leave it to dm_control).
     """
+    if isinstance(render_backend, str):
+        render_backend = render_backend.lower()
     if render_backend is not None and render_backend not in RENDER_BACKENDS:
         raise ValueError(f"render_backend must be one of {RENDER_BACKENDS} or None, got {render_backend!r}")
     env_backend = os.environ.get("MUJOCO_GL") or None
-    requested = render_backend or env_backend or "egl"
+    requested = render_backend or env_backend or _default_backend(pixels)
     active = _active_backend()
     if active is not None:
+        if pixels and active in _NO_RENDERER_NAMES:
+            raise RuntimeError(
+                "MuJoCo rendering is switched off in this process: dm_control was first imported with "
+                f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} (set by a state-only DMC env on a machine "
+                "without libEGL, or by you), and it fixes the backend at import. Set MUJOCO_GL=egl or "
+                "MUJOCO_GL=osmesa before creating any env."
+            )
         if pixels and requested != active:
             raise RuntimeError(
                 f"dm_control already chose the MuJoCo rendering backend {active!r} when it was first "

@@ -219,3 +219,27 @@ def test_random_state_round_trip_replays_the_same_episode_start():
     env.unwrapped.set_random_state(state)
     again, _ = env.reset()
     np.testing.assert_array_equal(again, first)
+
+
+def test_state_only_env_needs_no_gl_library_when_mujoco_gl_is_unset():
+    # A machine without libEGL (simulated by hiding it from ctypes): state-only envs switch rendering off
+    # instead of importing EGL, and a later pixel env says how to turn rendering on.
+    code = (
+        "import ctypes.util, os\n"
+        "find = ctypes.util.find_library\n"
+        "ctypes.util.find_library = lambda name: None if name == 'EGL' else find(name)\n"
+        "from plasticrl.envs import make_dmc\n"
+        "env = make_dmc('cheetah-run', 0)\n"
+        "env.reset(seed=0)\n"
+        "env.step(env.action_space.sample())\n"
+        "print('MUJOCO_GL=' + os.environ['MUJOCO_GL'])\n"
+        "make_dmc('cheetah-run', 0, pixels=True)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120
+    )
+    assert "MUJOCO_GL=disable" in result.stdout, result.stderr
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("RuntimeError:") and "Set MUJOCO_GL=egl" in last_line
