@@ -19,7 +19,8 @@ window one frame later:
 So 100k Atari steps hold ~100k frames (705.6 MB) instead of 2×100k stacks of four. The frame ring has
 ``ceil(start_frame_reserve · capacity_per_env) + k`` slots more than the transition ring to hold the
 extra ``k`` frames of each episode start; if episodes are so short that even this fills up, the oldest
-transitions whose frames were overwritten are dropped (``len()`` reports what is really kept).
+transitions whose frames were overwritten are dropped (``len()`` reports what is really kept) and a
+warning, once per buffer, names the ``start_frame_reserve`` that would keep the full capacity.
 
 What ``add`` expects
 --------------------
@@ -35,12 +36,26 @@ on ale-py 0.12.1):
   rows replaced by ``info["final_obs"]``, then continue from the returned (reset) observation;
 - next-step (the default of gymnasium 1.x vector envs and of ``AtariVectorEnv``): the done step returns
   the final observation itself; the *following* step returns the reset observation with reward 0 and
-  no done flag, and is not a transition: pass ``skip=`` the envs that were done on the previous step
-  (``terminated | truncated`` as the env reported them), and nothing is stored for them.
+  no done flag, and is not a transition. Either build the buffer with ``autoreset_mode="next_step"``
+  and pass every step exactly as the env returned it (the buffer drops each env's step after its done
+  by itself), or pass ``skip=`` the envs that were done on the previous step (``terminated | truncated``
+  as the env reported them); nothing is stored for skipped envs.
 
-Two checks catch a wrong loop early: within an episode ``obs`` must equal the previous ``next_obs``
-of that env, and with ``k > 1`` the older ``k-1`` frames of ``next_obs`` must equal the newer ``k-1``
-frames of ``obs`` (a reset observation passed as ``next_obs`` fails it).
+``autoreset_mode`` (constructor): ``None`` (default) stores every step not in ``skip``;
+``"next_step"`` also skips, per env, the step after a done (the done flags must be the env's own: a
+life loss passed as ``terminated`` would make it drop a real step) and checks that its ``obs`` is that
+done's final observation; ``"same_step"`` declares that the step after a done is always a real
+transition (same-step or manual resets, or a life loss passed as ``terminated``), which turns off the
+``k = 1`` guard below. Gymnasium's spellings (``"NextStep"``, ``"SameStep"``, ``"Disabled"`` — the last
+meaning same-step — and ``gymnasium.vector.AutoresetMode`` members) are accepted.
+
+Three checks catch a wrong loop early: within an episode ``obs`` must equal the previous ``next_obs``
+of that env; with ``k > 1`` the older ``k-1`` frames of ``next_obs`` must equal the newer ``k-1``
+frames of ``obs`` (a reset observation passed as ``next_obs`` fails it); and with ``k = 1``,
+``autoreset_mode=None`` and no ``skip=``, an add that follows a done and whose ``obs`` equals that
+done's ``next_obs`` raises (it is next-step autoreset's reset step, which would otherwise be stored as
+a bogus final→reset transition with reward 0). If such a step is genuine (a life loss passed as
+``terminated`` on a single-frame env), build the buffer with ``autoreset_mode="same_step"``.
 
 Sampling
 --------
@@ -52,14 +67,20 @@ proportion to priority^α) among those whose whole window is stored. With ``d`` 
 that is both terminated and truncated counts as terminated. Sequence fields for SPR, ``j = 0..K-1``:
 ``future_action[:, j] = a_{t+j}``, ``future_reward[:, j] = r_{t+j}``, ``future_obs[:, j] = o_{t+j+1}``
 (the observation after action ``a_{t+j}``), ``future_mask[:, j] = 1`` iff step ``t+j`` belongs to the
-episode of ``t`` (no done among steps ``t..t+j-1``); masked entries are zero. A transition is sampled
-only if every step its window needs (``min(max(n_step, K), d)`` steps) has been added, so no window,
-stack or sequence mixes two episodes, reads past the newest step, or reads overwritten data.
+episode of ``t`` (no done among steps ``t..t+j-1``); masked entries are zero. So when step ``t+j`` is
+the episode's done step its entry is kept (mask 1) with ``future_obs[:, j]`` the true final observation
+``o_{t+j+1}``, which this buffer stores, and every later entry has mask 0. Dopamine-based SPR/BBF
+code masks that last target as well, because its replay does not store final observations; their mask
+is ours shifted by one step (sample ``sequence_length=K+1`` and use ``future_mask[:, 1:]`` to get it).
+A transition is sampled only if every step its window needs (``min(max(n_step, K), d)`` steps) has
+been added, so no window, stack or sequence mixes two episodes, reads past the newest step, or reads
+overwritten data.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
@@ -96,7 +117,11 @@ class ReplayBatch:
         future_obs: (B, K, *obs_shape) o_{t+1}..o_{t+K}, or None without a sequence.
         future_action: (B, K, *action_shape) a_t..a_{t+K-1}, or None.
         future_reward: (B, K) float32 r_t..r_{t+K-1}, or None.
-        future_mask: (B, K) float32, 1 where step t+j is in the episode of t, or None.
+        future_mask: (B, K) float32, 1 where step t+j is in the episode of t, or None. The entry of
+            the episode's done step is 1 (its future_obs is the stored true final observation
+            o_{t+j+1}); entries after it are 0 (and their future fields zero). Dopamine-based SPR/BBF
+            code, which stores no final observations, masks that done-step target too: its mask is
+            ``future_mask[:, 1:]`` of a batch sampled with ``sequence_length=K+1``.
     """
 
     obs: np.ndarray | torch.Tensor
@@ -128,6 +153,30 @@ def _is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+AUTORESET_MODES = ("next_step", "same_step")
+_AUTORESET_SPELLINGS = {
+    "next_step": "next_step",
+    "nextstep": "next_step",
+    "same_step": "same_step",
+    "samestep": "same_step",
+    "disabled": "same_step",  # manual resets: the step after a done starts the next episode
+}
+
+
+def _autoreset_mode(value) -> str | None:
+    """``None``, ``"next_step"`` or ``"same_step"`` from our or gymnasium's spellings (AutoresetMode too)."""
+    if value is None:
+        return None
+    name = getattr(value, "value", value)  # gymnasium.vector.AutoresetMode is an Enum of strings
+    mode = _AUTORESET_SPELLINGS.get(name.lower()) if isinstance(name, str) else None
+    if mode is None:
+        raise ValueError(
+            f"autoreset_mode must be None, 'next_step' or 'same_step' (or gymnasium's 'NextStep', "
+            f"'SameStep', 'Disabled'), got {value!r}"
+        )
+    return mode
+
+
 def _is_finite_nonnegative(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and 0 <= value < math.inf
 
@@ -146,8 +195,21 @@ class ReplayBuffer:
         importance_exponent: β, importance weights (1 / (N·P(i)))^β normalised by the batch maximum.
             An attribute: agents that anneal β set it between calls.
         start_frame_reserve: extra frame slots, as a fraction of the per-env capacity, for the ``k``
-            frames stored at each episode start (0.05 covers episodes averaging ≥ 20·k steps).
+            frames stored at each episode start (0.05 covers episodes averaging ≥ 20·k steps). If
+            episodes are shorter, the oldest transitions are dropped (``len() < capacity``) and a
+            warning, once, says which reserve would have been enough.
+        autoreset_mode: how the env resets after a done (see "What ``add`` expects" in the module
+            docstring). ``None`` (default): every step not passed in ``skip=`` is a transition; with
+            ``frame_stack=1`` an add that follows a done with ``obs`` equal to that done's ``next_obs``
+            and no ``skip=`` raises, as it is next-step autoreset's reset step. ``"next_step"``
+            (gymnasium 1.x vector envs, ``ale_py.AtariVectorEnv``): pass every step exactly as the env
+            returned it; the step of each env after its done is dropped by the buffer (``skip=`` still
+            works and may be combined). ``"same_step"``: the step after a done is always a real
+            transition (same-step or manual resets, life loss passed as ``terminated``); no guard.
         seed: seed of the buffer's own NumPy generator (all sampling draws from it).
+
+    With ``num_envs > 1`` the capacity should be divisible by ``num_envs``; otherwise each env keeps
+    ``capacity // num_envs`` transitions, :attr:`capacity` is that times ``num_envs``, and a warning says so.
     """
 
     def __init__(
@@ -162,6 +224,7 @@ class ReplayBuffer:
         priority_exponent: float = DEFAULT_PRIORITY_EXPONENT,
         importance_exponent: float = DEFAULT_IMPORTANCE_EXPONENT,
         start_frame_reserve: float = 0.05,
+        autoreset_mode: str | None = None,
         seed: int = 0,
     ) -> None:
         if not _is_int(frame_stack) or frame_stack < 1:
@@ -173,7 +236,17 @@ class ReplayBuffer:
         if capacity // num_envs < frame_stack + 1:
             raise ValueError(
                 f"capacity {capacity} with {num_envs} envs keeps {capacity // num_envs} transitions per env; "
-                f"it must be at least frame_stack + n_step = {frame_stack + 1} (more for n_step > 1)"
+                f"it must be at least frame_stack + 1 = {frame_stack + 1} (sampling with n_step or "
+                f"sequence_length L > 1 needs frame_stack + L per env)"
+            )
+        if capacity % num_envs:
+            warnings.warn(
+                f"ReplayBuffer capacity {capacity} is not divisible by num_envs={num_envs}: each env keeps "
+                f"{capacity // num_envs} transitions, {capacity // num_envs * num_envs} in all. Pass a "
+                f"multiple of num_envs (e.g. {capacity // num_envs * num_envs} or "
+                f"{(capacity // num_envs + 1) * num_envs}) to silence this.",
+                UserWarning,
+                stacklevel=2,
             )
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) < 1:
             raise TypeError(
@@ -221,7 +294,9 @@ class ReplayBuffer:
         self.importance_exponent = importance_exponent
         self._validate_importance_exponent()
         self.start_frame_reserve = float(start_frame_reserve)
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.seed = seed
+        self._warned_frame_reserve = False
 
         envs, length, frames = self.num_envs, self.capacity_per_env, self.frame_capacity_per_env
         # Flat layouts: env e's transition slot s is row e*length + s, its frame slot f is row e*frames + f.
@@ -240,6 +315,7 @@ class ReplayBuffer:
         self._frames_written = np.zeros(envs, dtype=np.int64)
         self._next_pointer = np.full(envs, -1, dtype=np.int64)  # newest frame of the last next_obs
         self._episode_over = np.ones(envs, dtype=bool)  # the next add starts an episode
+        self._after_done = np.zeros(envs, dtype=bool)  # the env's previous add stored a done step
 
         self._tree = SumTree(envs * length) if prioritized else None
         self.max_priority = INITIAL_MAX_PRIORITY
@@ -282,6 +358,7 @@ class ReplayBuffer:
             terminated: (num_envs,) bool, the episode ended in a terminal state (no bootstrap).
             truncated: (num_envs,) bool, the episode was cut (time limit): bootstrap from next_obs.
             skip: (num_envs,) bool, envs whose step is not a transition (next-step autoreset); optional.
+                With ``autoreset_mode="next_step"`` the step after each env's done is skipped as well.
         """
         obs = self._check_observation(obs, "obs")
         next_obs = self._check_observation(next_obs, "next_obs")
@@ -289,12 +366,26 @@ class ReplayBuffer:
         reward = self._check_per_env(reward, "reward", numeric=True)
         terminated = self._check_per_env(terminated, "terminated")
         truncated = self._check_per_env(truncated, "truncated")
+        skip_given = skip is not None
         skip = np.zeros(self.num_envs, dtype=bool) if skip is None else self._check_per_env(skip, "skip")
+        if self.autoreset_mode == "next_step":
+            for env in np.flatnonzero(self._after_done & ~skip).tolist():
+                self._check_reset_step(env, obs[env])
+            skip = skip | self._after_done
         active = np.flatnonzero(~skip).tolist()
         for env in active:
             self._check_stacking(env, obs[env], next_obs[env])
             if not self._episode_over[env]:
                 self._check_continuity(env, obs[env])
+            elif (
+                self.frame_stack == 1
+                and self.autoreset_mode is None
+                and not skip_given
+                and self._after_done[env]
+                and self._continues_last_next_obs(env, obs[env])
+            ):
+                self._raise_unskipped_reset_step(env)
+        self._after_done[skip] = False
 
         length = self.capacity_per_env
         new_leaves = []
@@ -316,6 +407,7 @@ class ReplayBuffer:
             self._added[env] = position + 1
             done = bool(terminated[env] or truncated[env])
             self._episode_over[env] = done
+            self._after_done[env] = done
             if done:
                 self._last_done[env] = position
             new_leaves.append(row)
@@ -358,7 +450,28 @@ class ReplayBuffer:
             dropped.append(row)
             oldest += 1
         self._oldest[env] = oldest
+        if dropped and not self._warned_frame_reserve:
+            self._warn_frame_reserve(env)
         return dropped
+
+    def _warn_frame_reserve(self, env: int) -> None:
+        self._warned_frame_reserve = True
+        added = int(self._added[env])
+        # Frames beyond one per step are the k frames of episode starts: that share is the reserve needed.
+        needed = (int(self._frames_written[env]) - added) / max(added, 1)
+        suggestion = math.ceil(needed * 1.25 * 100) / 100
+        reserve_slots = self.frame_capacity_per_env - self.capacity_per_env - self.frame_stack
+        warnings.warn(
+            f"ReplayBuffer env {env}: its frame ring of {self.frame_capacity_per_env} slots "
+            f"({self.capacity_per_env} transitions + {reserve_slots} reserve slots from "
+            f"start_frame_reserve={self.start_frame_reserve:g} + frame_stack={self.frame_stack}) is full, "
+            f"so the oldest transitions are dropped and len() stays below capacity ({len(self)} < "
+            f"{self.capacity}). Episodes are short: each episode start stores frame_stack={self.frame_stack} "
+            f"frame(s), {needed:.3f} extra frames per step so far. Build the buffer with "
+            f"start_frame_reserve >= {suggestion:g} to keep the full capacity (warned once per buffer).",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _equal(self, a: np.ndarray, b: np.ndarray) -> bool:
         return np.array_equal(a, b, equal_nan=self.observation_dtype.kind == "f")
@@ -373,17 +486,39 @@ class ReplayBuffer:
                 f"frame_stack={self.frame_stack} next_obs must be obs shifted by one frame. "
                 "Either frame_stack does not match the env, or "
                 "next_obs is not the observation that follows obs: at a done pass the true final observation "
-                "(info['final_obs'] with same-step autoreset), and with next-step autoreset pass "
-                "skip=<envs done at the previous step> for the reset step."
+                "(info['final_obs'] with same-step autoreset), and with next-step autoreset build the buffer "
+                "with autoreset_mode='next_step' or pass skip=<envs done at the previous step> for the "
+                "reset step."
             )
+
+    def _check_reset_step(self, env: int, obs: np.ndarray) -> None:
+        """With next-step autoreset the step after a done starts from that done's final observation."""
+        if not self._continues_last_next_obs(env, obs):
+            raise ValueError(
+                f"env {env}: autoreset_mode='next_step', so this step (the one after a done) should be the "
+                "env's reset step, whose obs is the previous step's final next_obs; but obs differs from it. "
+                "If the env resets in the same step (autoreset_mode='SameStep', or manual env.reset()), "
+                "build the buffer with autoreset_mode='same_step' (or None)."
+            )
+
+    def _raise_unskipped_reset_step(self, env: int) -> None:
+        raise ValueError(
+            f"env {env}: the previous add ended an episode and this obs equals that step's next_obs (the "
+            "final observation): with next-step autoreset (the default of gymnasium 1.x vector envs and of "
+            "ale_py.AtariVectorEnv) this is the reset step, not a transition, and would be stored as a bogus "
+            "final -> reset transition. Build the buffer with autoreset_mode='next_step' (it then skips "
+            "that step), or pass skip=<envs done at the previous step>. If the episode really continues "
+            "from that observation (a life loss passed as terminated), build it with "
+            "autoreset_mode='same_step'."
+        )
 
     def _check_continuity(self, env: int, obs: np.ndarray) -> None:
         if not self._equal(self._frame_window(env, int(self._next_pointer[env])), obs):
             raise ValueError(
                 f"env {env}: obs differs from the next_obs of its previous transition, which did not end the "
                 "episode (terminated and truncated were False). Pass the done flags of every step; with "
-                "next-step autoreset (gymnasium 1.x vector envs, ale_py.AtariVectorEnv) pass "
-                "skip=<envs done at the previous step>."
+                "next-step autoreset (gymnasium 1.x vector envs, ale_py.AtariVectorEnv) build the buffer "
+                "with autoreset_mode='next_step' or pass skip=<envs done at the previous step>."
             )
 
     # ------------------------------------------------------------------ input checks
@@ -659,6 +794,7 @@ class ReplayBuffer:
         "_frames_written",
         "_next_pointer",
         "_episode_over",
+        "_after_done",
     )
 
     def _config(self) -> dict:
@@ -721,6 +857,9 @@ class ReplayBuffer:
             raise ValueError(f"checkpointed buffer differs from this one (saved, this): {differing}")
         for name in self._ARRAYS:
             target = getattr(self, name)
+            if name == "_after_done" and "after_done" not in state:  # checkpoints from before it existed
+                target[:] = self._episode_over & (self._added > 0) & (self._last_done == self._added - 1)
+                continue
             value = state[name.lstrip("_")]
             value = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
             if name in self._FRAME_RINGS or name in self._TRANSITION_RINGS:

@@ -10,14 +10,22 @@ action repeat — the number of updates run is exactly
 The ratio is held as an exact fraction, so fractional ratios accumulate without drift and without
 off-by-one errors: 0.25 gives one update every fourth step, 32 gives 32 per step, 0.1 gives exactly
 one per ten steps. A float is read as the shortest decimal that prints it (``0.1`` -> 1/10, not the
-binary float 0.1000000000000000055...); pass a :class:`fractions.Fraction` or a string such as
-``"1/3"`` for ratios that are not short decimals.
+binary float 0.1000000000000000055...); NumPy floats likewise by their own shortest repr, so
+``np.float32(0.1)`` is 1/10 too (not 13421773/134217728). Pass a :class:`fractions.Fraction` or a
+string such as ``"1/3"`` for ratios that are not short decimals.
+
+Under next-step autoreset (gymnasium 1.x vector envs, ``ale_py.AtariVectorEnv``) the step after an
+env's done only resets it: it is not an agent step and must not earn updates. Pass the number of real
+agent steps of each call, ``schedule.step(int((~skip).sum()))`` with ``skip`` the envs that were done
+on the previous call; ``step()`` without an argument counts ``num_envs``.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
 from numbers import Integral, Rational
+
+import numpy as np
 
 
 def exact_ratio(replay_ratio: float | int | str | Fraction) -> Fraction:
@@ -27,8 +35,10 @@ def exact_ratio(replay_ratio: float | int | str | Fraction) -> Fraction:
     try:
         if isinstance(replay_ratio, Rational):
             ratio = Fraction(replay_ratio)
-        elif isinstance(replay_ratio, float):
+        elif isinstance(replay_ratio, float):  # Python floats and np.float64
             ratio = Fraction(repr(float(replay_ratio)))
+        elif isinstance(replay_ratio, np.floating):  # np.float32(0.1) -> "0.1", its shortest repr
+            ratio = Fraction(np.format_float_positional(replay_ratio, unique=True, trim="-"))
         elif isinstance(replay_ratio, str):
             ratio = Fraction(replay_ratio.strip())
         else:
@@ -52,6 +62,11 @@ class ReplayRatioSchedule:
     Usage, once per call to ``env.step``::
 
         for _ in range(schedule.step()):   # advances by num_envs agent steps
+            update()
+
+    With next-step autoreset, count only the envs that really stepped (not the reset steps)::
+
+        for _ in range(schedule.step(int((~skip).sum()))):
             update()
 
     Args:
@@ -91,7 +106,11 @@ class ReplayRatioSchedule:
     def step(self, num_steps: int | None = None) -> int:
         """Record ``num_steps`` new agent steps (default ``num_envs``); return the updates to run now.
 
-        The returned count is added to :attr:`updates_done`: the caller is expected to run them.
+        ``num_steps`` is the number of real agent steps since the last call (0 to ``num_envs`` for one
+        vector-env step; e.g. ``int((~skip).sum())`` under next-step autoreset, whose reset steps are
+        not agent steps). After any sequence of calls, :attr:`updates_done` is exactly
+        ``max(0, floor((agent_steps - learning_starts) * ratio))``. The returned count is added to
+        :attr:`updates_done`: the caller is expected to run them.
         """
         if num_steps is None:
             num_steps = self.num_envs

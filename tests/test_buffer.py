@@ -9,6 +9,8 @@ list of transitions exactly as the env produced them.
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from gymnasium import spaces
 from scipy import stats
 
-from plasticrl.buffers import ReplayBatch, ReplayBuffer, SumTree
+from plasticrl.buffers import ReplayBatch, ReplayBuffer, ReplayRatioSchedule, SumTree
 
 EPISODE_LENGTHS = (1, 2, 3, 4, 5, 7, 11, 30)  # below the stack (3, 4) and below n (up to 10)
 END_KINDS = ("terminated", "truncated", "both")
@@ -263,6 +265,115 @@ def test_samples_match_brute_force_while_filling_and_wrapping(
     assert call > 40
 
 
+def reference_first_kept(stream: list[Step], added: int, per_env: int, frame_slots: int, stack: int) -> int:
+    """The oldest position still stored after ``added`` adds, from the documented storage rule.
+
+    Frames are written per env: ``stack`` frames for the first observation of an episode, then one per
+    step. A transition is kept while it is among the newest ``per_env`` and the ``stack`` frames of its
+    obs are among the newest ``frame_slots`` frames written (the frames of next_obs are newer still).
+    """
+    written = 0
+    oldest_frame = []
+    for position in range(added):
+        starts = position == 0 or stream[position - 1].terminated or stream[position - 1].truncated
+        written += stack if starts else 0
+        oldest_frame.append(written - stack)  # the obs window ends at frame written - 1
+        written += 1
+    first = max(0, added - per_env)
+    while first < added and oldest_frame[first] < written - frame_slots:
+        first += 1
+    return first
+
+
+def reference_valid_from(stream: list[Step], first: int, added: int, horizon: int) -> set[int]:
+    """Positions in [first, added) whose ``horizon``-step window (or the rest of their episode) is stored."""
+    return reference_valid(added, stream, added - first, horizon)
+
+
+@pytest.mark.parametrize("frame_shape, stack, padding, num_envs, action_space, capacity", SETTINGS)
+def test_samples_match_brute_force_with_envs_out_of_step_and_the_default_reserve(
+    frame_shape, stack, padding, num_envs, action_space, capacity
+):
+    """Random ``skip`` per env (junk in the skipped rows), episodes ending at different times, and the
+    default start-frame reserve, which these short episodes overflow: the kept set, the valid set and
+    every sampled field still match the reference built from the raw episode lists."""
+    rng = np.random.default_rng(11)
+    obs_shape = (frame_shape[0] * stack, *frame_shape[1:])
+    space = spaces.Box(0, 255, obs_shape, np.uint8)
+    num_steps = 6 * capacity // num_envs
+    streams = [
+        make_stream(
+            env,
+            num_steps,
+            frame_shape=frame_shape,
+            stack=stack,
+            padding=padding,
+            action_space=action_space,
+            rng=rng,
+        )
+        for env in range(num_envs)
+    ]
+    buffer = ReplayBuffer(capacity, space, action_space, frame_stack=stack, num_envs=num_envs, seed=4)
+    per_env = capacity // num_envs
+    frame_slots = per_env + math.ceil(0.05 * per_env) + stack  # the documented default frame ring
+    added = [0] * num_envs
+    calls = dropped_by_frames = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        while min(added) < num_steps:
+            skip = (rng.random(num_envs) < 0.35) | (np.array(added) >= num_steps)
+            rows = []
+            for env in range(num_envs):
+                if skip[env]:  # junk of the right shape and dtype: never looked at
+                    junk = rng.integers(0, 256, obs_shape, dtype=np.uint8)
+                    rows.append(Step(junk, sample_action(action_space, rng), 9.0, junk, True, False))
+                else:
+                    rows.append(streams[env][added[env]])
+            buffer.add(
+                np.stack([r.obs for r in rows]),
+                np.stack([r.action for r in rows]),
+                np.array([r.reward for r in rows], dtype=np.float32),
+                np.stack([r.next_obs for r in rows]),
+                np.array([r.terminated for r in rows]),
+                np.array([r.truncated for r in rows]),
+                skip=skip,
+            )
+            added = [count + int(not s) for count, s in zip(added, skip)]
+            first = [
+                reference_first_kept(streams[env], added[env], per_env, frame_slots, stack)
+                for env in range(num_envs)
+            ]
+            dropped_by_frames += sum(max(0, added[e] - per_env) < first[e] for e in range(num_envs))
+            assert len(buffer) == sum(a - f for a, f in zip(added, first))
+            assert buffer.steps_added == sum(added)
+            if rng.random() > 0.4:
+                continue
+            n_step, sequence_length = SAMPLE_SETTINGS[calls % len(SAMPLE_SETTINGS)]
+            gamma = GAMMAS[calls % len(GAMMAS)]
+            calls += 1
+            horizon = max(n_step, sequence_length)
+            if per_env < stack + horizon:
+                continue
+            valid = {
+                position * num_envs + env
+                for env in range(num_envs)
+                for position in reference_valid_from(streams[env], first[env], added[env], horizon)
+            }
+            assert buffer.num_valid(n_step, sequence_length) == len(valid)
+            if not valid:
+                with pytest.raises(ValueError, match="cannot sample"):
+                    buffer.sample(1, n_step=n_step, gamma=gamma, sequence_length=sequence_length)
+                continue
+            batch = buffer.sample(
+                min(16, len(valid)), n_step=n_step, gamma=gamma, sequence_length=sequence_length
+            )
+            assert set(batch.indices.tolist()) <= valid
+            check_batch(batch, streams, added, n_step, gamma, sequence_length, num_envs)
+    assert calls > 40
+    assert dropped_by_frames > 0  # the default reserve really overflowed, and it was said once
+    assert len([w for w in caught if "start_frame_reserve" in str(w.message)]) == 1
+
+
 def test_uniform_sampling_covers_exactly_the_valid_set_uniformly():
     rng = np.random.default_rng(2)
     action_space = spaces.Discrete(3)
@@ -295,6 +406,7 @@ def test_uniform_sampling_covers_exactly_the_valid_set_uniformly():
     assert stats.chisquare(observed).pvalue > 1e-3
 
 
+@pytest.mark.filterwarnings("ignore:ReplayBuffer env:UserWarning")  # short episodes
 def test_state_vectors_single_frame_and_next_step_autoreset_skip():
     """k=1 float vectors, 2 envs, next-step autoreset: the reset step of a done env is passed with skip."""
     rng = np.random.default_rng(4)
@@ -364,15 +476,35 @@ def test_short_episodes_overflow_the_frame_reserve_without_corrupting_samples(pr
         seed=1,
         prioritized=prioritized,
     )
-    for tick in range(300):
-        feed(buffer, [stream], tick)
-        if tick > 10:
-            assert len(buffer) < 50
-            batch = buffer.sample(8, n_step=3, gamma=0.9, sequence_length=2)
-            check_batch(batch, [stream], [tick + 1], 3, 0.9, 2, 1)
-            assert min(batch.indices.tolist()) >= tick + 1 - 50
-            if prioritized:
-                buffer.update_priorities(batch.indices, np.arange(1.0, 9.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for tick in range(300):
+            feed(buffer, [stream], tick)
+            if tick > 10:
+                assert len(buffer) < 50
+                batch = buffer.sample(8, n_step=3, gamma=0.9, sequence_length=2)
+                check_batch(batch, [stream], [tick + 1], 3, 0.9, 2, 1)
+                assert min(batch.indices.tolist()) >= tick + 1 - 50
+                if prioritized:
+                    buffer.update_priorities(batch.indices, np.arange(1.0, 9.0))
+    # Warned once, naming the numbers and the fix.
+    assert len(caught) == 1 and caught[0].category is UserWarning
+    message = str(caught[0].message)
+    assert "57 slots" in message and "start_frame_reserve=0.05" in message and "below capacity" in message
+    assert "start_frame_reserve >= " in message and caught[0].filename == __file__
+    suggested = float(message.split("start_frame_reserve >= ")[1].split()[0])
+    roomy = ReplayBuffer(
+        50,
+        spaces.Box(0, 255, (4, 2, 2), np.uint8),
+        action_space,
+        frame_stack=4,
+        start_frame_reserve=suggested,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the suggested reserve keeps the full capacity without a warning
+        for tick in range(300):
+            feed(roomy, [stream], tick)
+    assert len(roomy) == 50
 
 
 def test_life_loss_terminal_shares_frames_with_the_continuing_game():
@@ -401,6 +533,7 @@ def test_life_loss_terminal_shares_frames_with_the_continuing_game():
         )
 
 
+@pytest.mark.filterwarnings("ignore:ReplayBuffer env:UserWarning")  # short episodes
 def test_device_output_is_torch_and_keeps_dtypes():
     rng = np.random.default_rng(8)
     action_space = spaces.Discrete(3)
@@ -687,8 +820,13 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(RuntimeError, match="prioritized=True"):
         buffer.update_priorities([0], [1.0])
 
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(ValueError, match=r"at least frame_stack \+ 1 = 5 \(sampling with n_step"):
         ReplayBuffer(4, spaces.Box(0, 255, (4, 2, 2), np.uint8), spaces.Discrete(3), frame_stack=4)
+    with pytest.warns(UserWarning, match=r"capacity 100 is not divisible by num_envs=3: .* 33 .* 99 in all"):
+        uneven = ReplayBuffer(100, spaces.Box(0, 1, (2,), np.float32), spaces.Discrete(2), num_envs=3)
+    assert uneven.capacity == 99 and uneven.capacity_per_env == 33
+    with pytest.raises(ValueError, match="autoreset_mode must be None, 'next_step' or 'same_step'"):
+        atari_buffer(autoreset_mode="sometimes")
     with pytest.raises(ValueError, match="divisible"):
         ReplayBuffer(32, spaces.Box(0, 255, (4, 2, 2), np.uint8), spaces.Discrete(3), frame_stack=3)
     with pytest.raises(TypeError, match="action_space"):
@@ -775,3 +913,197 @@ def test_next_step_autoreset_without_skip_is_caught():
             obs = next_obs
     env.close()
     assert buffer.steps_added == 5  # the 5-step episode was stored; its reset step was refused
+
+
+# --------------------------------------------------------------------------- gymnasium autoreset modes
+
+
+def record_cartpole(num_steps: int, frame_stack: int, *, autoreset_mode: str = "NextStep", seed: int = 0):
+    """Raw ``env.step`` results of a 2-env CartPole SyncVectorEnv (env 1 truncates at 12 steps).
+
+    Returns ``(calls, streams)``: per call, what ``add`` gets (obs, action, reward, next_obs, terminated,
+    truncated, info); per env, the real transitions, from the raw lists (next-step: the step after a
+    done is the reset step; same-step: the done step's final observation is in ``info``).
+    """
+    gym = pytest.importorskip("gymnasium")
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    def make(limit: int):
+        def thunk():
+            env = gym.make("CartPole-v1", max_episode_steps=limit)
+            return gym.wrappers.FrameStackObservation(env, frame_stack) if frame_stack > 1 else env
+
+        return thunk
+
+    env = SyncVectorEnv([make(500), make(12)], autoreset_mode=AutoresetMode(autoreset_mode))
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    calls, streams = [], [[], []]
+    previous_done = np.zeros(2, dtype=bool)
+    for _ in range(num_steps):
+        action = rng.integers(0, 2, size=2)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        calls.append((obs.copy(), action, reward, next_obs.copy(), terminated, truncated, info))
+        done = terminated | truncated
+        for e in range(2):
+            final = next_obs[e]
+            if autoreset_mode == "SameStep" and done[e]:
+                final = info["final_obs"][e]
+            elif autoreset_mode == "NextStep" and previous_done[e]:  # the reset step: reward 0, no done
+                assert reward[e] == 0 and not done[e]
+                np.testing.assert_array_equal(obs[e], calls[-2][3][e])
+                continue
+            streams[e].append(
+                Step(obs[e].copy(), action[e], float(reward[e]), final.copy(), terminated[e], truncated[e])
+            )
+        previous_done = done
+        obs = next_obs
+    env.close()
+    return calls, streams, env.single_observation_space, env.single_action_space
+
+
+def final_observations(next_obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:
+    """Same-step autoreset: next_obs with the done envs' rows replaced by info["final_obs"]."""
+    final = next_obs.copy()
+    for e in np.flatnonzero(done):
+        final[e] = info["final_obs"][e]  # an object array in SyncVectorEnv
+    return final
+
+
+@pytest.mark.parametrize("frame_stack", [1, 4])
+def test_gymnasium_next_step_autoreset_mode_stores_only_real_transitions(frame_stack):
+    """CartPole-v1 in a SyncVectorEnv (next-step autoreset): with autoreset_mode="next_step" every raw
+    step goes to ``add`` unchanged; the buffer drops the reset steps itself and holds exactly the real
+    transitions, the same as a buffer given ``skip=``; the replay-ratio schedule counts the same steps."""
+    calls, streams, obs_space, action_space = record_cartpole(300, frame_stack)
+    episodes = [sum(s.terminated or s.truncated for s in stream) for stream in streams]
+    assert min(episodes) >= 5 and sum(s.truncated for s in streams[1]) >= 5  # terminations, truncations
+
+    def build(mode):
+        return ReplayBuffer(
+            1000, obs_space, action_space, frame_stack=frame_stack, num_envs=2, seed=1, autoreset_mode=mode
+        )
+
+    auto, with_skip, both = build("next_step"), build(None), build("NextStep")
+    schedule = ReplayRatioSchedule(0.5, learning_starts=20, num_envs=2)
+    previous_done = np.zeros(2, dtype=bool)
+    updates = 0
+    for obs, action, reward, next_obs, terminated, truncated, _ in calls:
+        auto.add(obs, action, reward, next_obs, terminated, truncated)
+        with_skip.add(obs, action, reward, next_obs, terminated, truncated, skip=previous_done)
+        both.add(obs, action, reward, next_obs, terminated, truncated, skip=previous_done)
+        updates += schedule.step(int((~previous_done).sum()))
+        previous_done = terminated | truncated
+    added = [len(stream) for stream in streams]
+    assert (
+        auto.steps_added
+        == sum(added)
+        == schedule.agent_steps
+        == 300 * 2
+        - sum(episodes[e] - int(streams[e][-1].terminated or streams[e][-1].truncated) for e in range(2))
+    )  # one reset step per episode that ended before the last call
+    assert updates == (sum(added) - 20) // 2
+    for other in (with_skip, both):
+        for name in ReplayBuffer._ARRAYS:
+            np.testing.assert_array_equal(getattr(auto, name), getattr(other, name), err_msg=name)
+    for _ in range(10):
+        check_batch(auto.sample(16, n_step=5, gamma=0.9, sequence_length=5), streams, added, 5, 0.9, 5, 2)
+
+
+@pytest.mark.parametrize("frame_stack", [1, 4])
+def test_gymnasium_next_step_autoreset_without_skip_or_mode_raises(frame_stack):
+    """The default buffer fed next-step steps without ``skip=`` refuses the first reset step (at k=1 the
+    new guard, at k=4 the stacking check) instead of storing a bogus final -> reset transition."""
+    calls, streams, obs_space, action_space = record_cartpole(300, frame_stack)
+    buffer = ReplayBuffer(1000, obs_space, action_space, frame_stack=frame_stack, num_envs=2)
+    message = "autoreset_mode='next_step'" if frame_stack == 1 else "shifted by one frame"
+    stored = 0
+    with pytest.raises(ValueError, match=message):
+        for obs, action, reward, next_obs, terminated, truncated, _ in calls:
+            buffer.add(obs, action, reward, next_obs, terminated, truncated)
+            stored += 2
+    assert buffer.steps_added == stored  # nothing of the refused call was written
+    first_done = min(
+        next(i for i, s in enumerate(stream) if s.terminated or s.truncated) for stream in streams
+    )
+    assert stored == 2 * (first_done + 1)  # refused exactly at the reset step after the first done
+
+
+def test_next_step_mode_refuses_a_same_step_env():
+    """autoreset_mode="next_step" on a same-step env: the step after a done starts from the reset obs,
+    not from the final one, and the buffer says which mode to use."""
+    calls, _, obs_space, action_space = record_cartpole(200, 1, autoreset_mode="SameStep")
+    buffer = ReplayBuffer(1000, obs_space, action_space, num_envs=2, autoreset_mode="next_step")
+    with pytest.raises(ValueError, match="autoreset_mode='same_step'"):
+        for obs, action, reward, next_obs, terminated, truncated, info in calls:
+            done = terminated | truncated
+            final = final_observations(next_obs, done, info)
+            buffer.add(obs, action, reward, final, terminated, truncated)
+
+
+def test_same_step_mode_and_gymnasium_spellings():
+    """Same-step data needs no skip in any mode but next_step; at k=1 a 'life loss' (done, then the
+    game goes on from the same observation) is refused by the default guard and stored, sharing its
+    frame, with autoreset_mode="same_step" (or skip= given)."""
+    from gymnasium.vector import AutoresetMode
+
+    calls, streams, obs_space, action_space = record_cartpole(200, 1, autoreset_mode="SameStep")
+    buffers = [
+        ReplayBuffer(1000, obs_space, action_space, num_envs=2, autoreset_mode=mode)
+        for mode in (None, "same_step", "SameStep", "Disabled", AutoresetMode.SAME_STEP)
+    ]
+    assert {b.autoreset_mode for b in buffers} == {None, "same_step"}
+    assert ReplayBuffer(
+        8, obs_space, action_space, autoreset_mode=AutoresetMode.NEXT_STEP
+    ).autoreset_mode == ("next_step")
+    for obs, action, reward, next_obs, terminated, truncated, info in calls:
+        done = terminated | truncated
+        final = final_observations(next_obs, done, info)
+        for buffer in buffers:
+            buffer.add(obs, action, reward, final, terminated, truncated)
+    added = [len(stream) for stream in streams]
+    assert added == [200, 200]
+    for buffer in buffers:
+        check_batch(buffer.sample(16, n_step=3, gamma=0.9, sequence_length=4), streams, added, 3, 0.9, 4, 2)
+
+    space = spaces.Box(-10, 10, (3,), np.float32)
+    frames = [np.full(3, s, np.float32) for s in range(8)]
+    life_loss = [Step(frames[s], np.int64(0), 1.0, frames[s + 1], s == 2, False) for s in range(7)]
+
+    def feed_all(buffer, **kwargs):
+        for step in life_loss:
+            buffer.add(step.obs, step.action, step.reward, step.next_obs, step.terminated, False, **kwargs)
+
+    with pytest.raises(ValueError, match="life loss passed as terminated"):
+        feed_all(ReplayBuffer(20, space, spaces.Discrete(2)))
+    for kwargs in ({"autoreset_mode": "same_step"}, {}):
+        buffer = ReplayBuffer(20, space, spaces.Discrete(2), **kwargs)
+        feed_all(buffer, **({} if kwargs else {"skip": False}))  # skip= given: the guard stays off
+        assert buffer.steps_added == 7 and buffer.frames_written == 8  # the frame after the loss is shared
+        check_batch(buffer.sample(5, n_step=3, gamma=0.5), [life_loss], [7], 3, 0.5, 0, 1)
+
+
+def test_next_step_mode_state_dict_keeps_the_pending_reset_step():
+    """A checkpoint taken right after a done restores the pending skip; an older checkpoint without it
+    loads too."""
+    calls, streams, obs_space, action_space = record_cartpole(120, 1)
+
+    def build():
+        return ReplayBuffer(1000, obs_space, action_space, num_envs=2, autoreset_mode="next_step")
+
+    buffer = build()
+    cut = next(i for i, call in enumerate(calls) if (call[4] | call[5]).any()) + 1
+    for call in calls[:cut]:
+        buffer.add(*call[:6])
+    state = buffer.state_dict()
+    assert state["after_done"].any()
+    restored, legacy = build(), build()
+    restored.load_state_dict(state)
+    legacy.load_state_dict({key: value for key, value in state.items() if key != "after_done"})
+    for call in calls[cut:]:
+        for b in (buffer, restored, legacy):
+            b.add(*call[:6])
+    for name in ReplayBuffer._ARRAYS:
+        np.testing.assert_array_equal(getattr(restored, name), getattr(buffer, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(legacy, name), getattr(buffer, name), err_msg=name)
+    assert buffer.steps_added == sum(map(len, streams))

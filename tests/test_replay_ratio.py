@@ -51,7 +51,9 @@ def test_fractional_ratios_spread_updates_evenly():
 @pytest.mark.parametrize(
     "ratio, exact",
     [(0.1, Fraction(1, 10)), (0.3, Fraction(3, 10)), (1.5, Fraction(3, 2)), ("1/3", Fraction(1, 3)),
-     (Fraction(2, 3), Fraction(2, 3)), (np.float64(0.2), Fraction(1, 5)), (np.int64(4), Fraction(4))],
+     (Fraction(2, 3), Fraction(2, 3)), (np.float64(0.2), Fraction(1, 5)), (np.int64(4), Fraction(4)),
+     (np.float32(0.1), Fraction(1, 10)), (np.float32(0.3), Fraction(3, 10)),
+     (np.float32(0.25), Fraction(1, 4)), (np.float16(0.1), Fraction(1, 10)), (np.float32(32), Fraction(32))],
 )  # fmt: skip
 def test_decimal_ratios_have_no_float_drift(ratio, exact):
     """0.3 * 10 steps is 3 updates (the binary float 0.3 would give floor(2.9999...) = 2)."""
@@ -62,6 +64,37 @@ def test_decimal_ratios_have_no_float_drift(ratio, exact):
         total += schedule.step()
         steps = 2 * call
         assert total == expected_updates(steps, 7, exact.numerator, exact.denominator)
+
+
+@pytest.mark.parametrize(
+    "ratio, exact", [(0.25, Fraction(1, 4)), (2, Fraction(2)), (np.float32(0.1), Fraction(1, 10))]
+)
+def test_next_step_autoreset_counts_only_real_agent_steps(ratio, exact):
+    """Under next-step autoreset the step after each env's done is a reset, not an agent step:
+    step(int((~skip).sum())) keeps updates == floor((real steps - learning_starts) * ratio) exactly."""
+    rng = np.random.default_rng(3)
+    num_envs, learning_starts = 4, 50
+    assert ReplayRatioSchedule(ratio).ratio == exact
+    schedule = ReplayRatioSchedule(ratio, learning_starts=learning_starts, num_envs=num_envs)
+    skip = np.zeros(num_envs, dtype=bool)
+    real_steps = updates = 0
+    for _ in range(5000):
+        real = int((~skip).sum())
+        real_steps += real
+        updates += schedule.step(real)
+        assert (
+            updates
+            == schedule.updates_done
+            == expected_updates(real_steps, learning_starts, exact.numerator, exact.denominator)
+        )
+        done = ~skip & (rng.random(num_envs) < 0.1)  # episodes end at random, different times
+        skip = done  # the next call is those envs' reset step
+    assert schedule.agent_steps == real_steps < 5000 * num_envs
+    with_default = ReplayRatioSchedule(ratio, learning_starts=learning_starts, num_envs=num_envs)
+    for _ in range(5000):
+        with_default.step()
+    assert with_default.agent_steps == 5000 * num_envs  # without the argument every env counts
+    assert schedule.step(np.int64(0)) == 0  # NumPy ints (e.g. (~skip).sum()) are accepted
 
 
 def test_million_step_horizon_with_uneven_step_sizes():
@@ -101,3 +134,7 @@ def test_bad_counts_raise():
         ReplayRatioSchedule(1, num_envs=0)
     with pytest.raises(ValueError, match="num_steps"):
         ReplayRatioSchedule(1).step(-3)
+    with pytest.raises(ValueError, match="num_steps"):
+        ReplayRatioSchedule(1).step(1.5)
+    with pytest.raises(ValueError, match="num_steps"):
+        ReplayRatioSchedule(1).step(True)
