@@ -15,18 +15,28 @@ weights between actor and critic) followed by MLPs 1024×2 (twin Q-networks; act
 Primacy-bias protocol (Nikishin et al. 2022; rl_with_resets ``train_pixels.py``): every N agent steps
 the actor, the critic heads (projection and Q-networks), the target critic's heads (synced to the fresh
 ones) and the temperature are re-created with their optimizer state; the conv encoder, its optimizer
-state and the target encoder are kept. N = 100k / 50k / 25k agent steps for 2M / 1M / 500k env-step
-budgets. rl_with_resets trains jaxrl's DrQ (``drq_learner.py``: Adam 3e-4, MLPs 256×2, τ 0.005 and the
-actor at every update, one augmentation of s and of s', batch 512), so its setting is, at replay ratio 1
-(updates = agent steps; quadruped-run repeats actions twice: 2M env steps = 1M agent steps)::
+state and the target encoder are kept — the reset's default parts here (actor, critic, temperature).
+N = 100k / 50k / 25k agent steps for 2M / 1M / 500k env-step budgets, counted in agent steps
+(``--reset.unit step``: right after agent step N, 2N, ..., whatever the replay ratio). rl_with_resets trains
+jaxrl's DrQ (``drq_learner.py``: Adam 3e-4, MLPs 256×2, τ 0.005 and the actor at every update, one
+augmentation of s and of s', batch 512), so its setting is (quadruped-run repeats actions twice: 2M env
+steps = 1M agent steps)::
 
     python agents/drq.py --env-id quadruped-run --total-steps 1000000 --lr 3e-4 --hidden-dims 256 256 \\
         --tau 0.005 --actor-update-every 1 --target-update-every 1 --target-augmentations 1 \\
-        --q-augmentations 1 --reset.every 100000 --reset.modules actor critic temperature
+        --q-augmentations 1 --reset.every 100000 --reset.unit step
 
-The defaults of this file are the DrQ paper's (drq config.yaml); the reset flags alone give the
-primacy-bias resets on top of them. Weights are initialised as in drq (orthogonal, gain 1 for Linear
-layers, √2 for convs); jaxrl uses gain √2 for every layer.
+The defaults of this file are the DrQ paper's (drq config.yaml); ``--reset.every N --reset.unit step``
+alone gives the primacy-bias resets on top of them.
+
+Intervention defaults (each group off until scheduled): reset — actor, critic heads and temperature
+(primacy bias; the encoder is kept); shrink & perturb and L2-init — encoder, actor and critic, not the
+temperature (one S&P application at the defaults moves α from 0.1 to 0.316, and λ‖log α − log α₀‖² would
+dominate the temperature's gradient); plasticity injection — the critic heads (``critic.q.head``, both
+Q-networks), as Nikishin et al. 2023 inject into the value head.
+
+Weights are initialised as in drq (orthogonal, gain 1 for Linear layers, √2 for convs); jaxrl uses gain √2
+for every layer.
 
 Differences from the references:
 - Batch 512, as drq's config.yaml asks for to reproduce the paper (its default file says 128).
@@ -56,18 +66,15 @@ from torch import nn
 
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
 from plasticrl.common import rl
-from plasticrl.envs import default_action_repeat, make_dmc
-from plasticrl.interventions import (
-    CBPConfig,
-    HareTortoiseConfig,
-    InjectionConfig,
-    L2InitConfig,
-    ReDoConfig,
-    ResetConfig,
-    ShrinkPerturbConfig,
-    ordered_configs,
-    run_tag,
+from plasticrl.common.rl import (
+    AgentHareTortoiseConfig,
+    AgentInjectionConfig,
+    AgentReDoConfig,
+    AgentResetConfig,
+    AgentShrinkPerturbConfig,
 )
+from plasticrl.envs import default_action_repeat, make_dmc
+from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
 from plasticrl.networks import MLP, DrQEncoder, OrthogonalInit, QEnsemble, fresh_copy, set_initializer
 
 AGENT = "drq"
@@ -160,18 +167,24 @@ class Args:
     compile: bool = False
     """torch.compile the encoder, actor and critic forwards (GPU users; off by default)"""
 
-    reset: ResetConfig = ResetConfig()
-    """reset (primacy bias: --reset.modules actor critic temperature, interval per budget)"""
-    shrink_perturb: ShrinkPerturbConfig = ShrinkPerturbConfig()
-    """shrink & perturb"""
-    hare_tortoise: HareTortoiseConfig = HareTortoiseConfig()
+    # rl_with_resets train_pixels.py: the actor, critic heads and temperature are reset, the encoder kept.
+    reset: AgentResetConfig = AgentResetConfig(modules=("actor", "critic", "temperature"))
+    """reset, default actor + critic heads + temperature (primacy bias: --reset.every N --reset.unit step)"""
+    # Not the temperature: θ ← 0.4·θ + 0.1·φ on log α moves α from 0.1 to 0.316 at the first application.
+    shrink_perturb: AgentShrinkPerturbConfig = AgentShrinkPerturbConfig(
+        modules=("encoder", "actor", "critic")
+    )
+    """shrink & perturb (default parts: encoder, actor, critic; the temperature is left alone)"""
+    hare_tortoise: AgentHareTortoiseConfig = AgentHareTortoiseConfig()
     """hare & tortoise"""
-    l2_init: L2InitConfig = L2InitConfig()
-    """L2-init regularisation"""
-    redo: ReDoConfig = ReDoConfig()
+    # Not the temperature: λ‖log α − log α₀‖² would swamp the temperature loss's gradient.
+    l2_init: L2InitConfig = L2InitConfig(modules=("encoder", "actor", "critic"))
+    """L2-init regularisation (default parts: encoder, actor, critic)"""
+    redo: AgentReDoConfig = AgentReDoConfig()
     """ReDo dormant-unit recycling"""
-    injection: InjectionConfig = InjectionConfig()
-    """plasticity injection"""
+    # Nikishin et al. 2023 inject into the value head; here both Q-networks' output layers.
+    injection: AgentInjectionConfig = AgentInjectionConfig(modules=("critic.q.head",))
+    """plasticity injection (default part: critic.q.head, the twin critics' output layers)"""
     cbp: CBPConfig = CBPConfig()
     """continual backprop"""
 
@@ -349,18 +362,20 @@ def update(
     next_noise = torch.randn(next_obs_aug.shape[0], action_dim, device=batch.action.device)
     loss_q, q = critic_loss(nets, target, obs_aug, next_obs_aug, batch, next_noise)
     optimizers.critic.zero_grad(set_to_none=True)
-    (loss_q + rl.l2_penalty(penalties["critic"])).backward()
+    rl.add_penalties(loss_q, penalties["critic"]).backward()
     optimizers.critic.step()
     metrics = {"losses/critic": loss_q.detach(), "losses/q": q.detach().mean()}
 
     if update_index % args.actor_update_every == 0:
+        # One backward for actor and temperature: each loss detaches the other's parameters (α, log π),
+        # so the gradients are exactly those of separate passes (see sac.update).
         loss_pi, log_prob = actor_loss(nets, obs_aug[:batch_size], torch.randn_like(batch.action))
-        optimizers.actor.zero_grad(set_to_none=True)
-        (loss_pi + rl.l2_penalty(penalties["actor"])).backward()
-        optimizers.actor.step()
         loss_alpha = temperature_loss(nets, log_prob, target_entropy)
+        optimizers.actor.zero_grad(set_to_none=True)
         optimizers.temperature.zero_grad(set_to_none=True)
-        (loss_alpha + rl.l2_penalty(penalties["temperature"])).backward()
+        total = rl.add_penalties(loss_pi, penalties["actor"])
+        (total + rl.add_penalties(loss_alpha, penalties["temperature"])).backward()
+        optimizers.actor.step()
         optimizers.temperature.step()
         metrics.update(
             {

@@ -6,14 +6,22 @@ al. 2022, "The Primacy Bias in Deep Reinforcement Learning" (evgenii-nikishin/rl
 ``train_dense.py``, ``configs/sac.py``, ``continuous_control/agents/sac/``). Their headline runs are 2M
 steps at 1 and 32 updates per step, with and without resets of the whole agent every 200k steps.
 
-Primacy-bias protocol (one command; resets count gradient updates, so 200k steps × replay ratio)::
+Primacy-bias protocol (one command; ``--reset.unit step`` counts agent steps, so the resets land right
+after agent steps 200k, 400k, ... at any replay ratio, as ``train_dense.py``'s ``i % reset_interval == 0``)::
 
-    python agents/sac.py --env-id quadruped-run --replay-ratio 32 --reset.every 6400000 --reset.modules all
+    python agents/sac.py --env-id quadruped-run --replay-ratio 32 --reset.every 200000 --reset.unit step
 
-``--reset.modules all`` re-creates the whole agent — actor, critics, target critics (synced to the fresh
-critics), temperature — and clears every optimizer state; the replay buffer is kept
-(``train_dense.py``: "create a completely new agent"). At replay ratio 1 the interval is
-``--reset.every 200000``.
+The reset's default part, ``all``, re-creates the whole agent — actor, critics, target critics (synced to
+the fresh critics), temperature — and clears every optimizer state; the replay buffer is kept
+(``train_dense.py``: "create a completely new agent"). As there, the evaluation of step 200k sees the
+agent before the reset. (With the default ``--reset.unit update`` the interval counts gradient updates,
+which start after ``--learning-starts``: ``--reset.every 200000`` at replay ratio 1 resets after agent
+steps 210k, 410k, ...)
+
+Intervention defaults (each group off until scheduled): reset — the whole agent (primacy bias); shrink &
+perturb and L2-init — actor and critic, not the temperature (shrinking log α moves α toward 1, and the
+penalty's pull toward log α₀ would dominate the temperature's own tiny gradient); plasticity injection —
+the critic heads (``critic.head``, both Q-networks), as Nikishin et al. 2023 inject into the value head.
 
 Differences from the reference code:
 - One update = critic step, target update, actor step, temperature step, as in ``sac_learner.py``;
@@ -42,18 +50,15 @@ from torch import nn
 
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
 from plasticrl.common import rl
-from plasticrl.envs import make_dmc
-from plasticrl.interventions import (
-    CBPConfig,
-    HareTortoiseConfig,
-    InjectionConfig,
-    L2InitConfig,
-    ReDoConfig,
-    ResetConfig,
-    ShrinkPerturbConfig,
-    ordered_configs,
-    run_tag,
+from plasticrl.common.rl import (
+    AgentHareTortoiseConfig,
+    AgentInjectionConfig,
+    AgentReDoConfig,
+    AgentResetConfig,
+    AgentShrinkPerturbConfig,
 )
+from plasticrl.envs import make_dmc
+from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
 from plasticrl.networks import MLP, OrthogonalInit, QEnsemble, set_initializer
 
 AGENT = "sac"
@@ -127,18 +132,22 @@ class Args:
     compile: bool = False
     """torch.compile the actor and critic forwards (GPU users; off by default)"""
 
-    reset: ResetConfig = ResetConfig()
-    """reset (primacy bias: --reset.modules all --reset.every 200000×replay-ratio)"""
-    shrink_perturb: ShrinkPerturbConfig = ShrinkPerturbConfig()
-    """shrink & perturb"""
-    hare_tortoise: HareTortoiseConfig = HareTortoiseConfig()
+    # rl_with_resets train_dense.py: the resets re-create the whole agent (actor, critics, temperature).
+    reset: AgentResetConfig = AgentResetConfig(modules=("all",))
+    """reset, default the whole agent (primacy bias: --reset.every 200000 --reset.unit step)"""
+    # Not the temperature: θ ← 0.4·θ + 0.1·φ on log α would move a trained α = 0.01 to 0.16 at once.
+    shrink_perturb: AgentShrinkPerturbConfig = AgentShrinkPerturbConfig(modules=("actor", "critic"))
+    """shrink & perturb (default parts: actor, critic; the temperature is left alone)"""
+    hare_tortoise: AgentHareTortoiseConfig = AgentHareTortoiseConfig()
     """hare & tortoise"""
-    l2_init: L2InitConfig = L2InitConfig()
-    """L2-init regularisation"""
-    redo: ReDoConfig = ReDoConfig()
+    # Not the temperature: λ‖log α − log α₀‖² would swamp the temperature loss's gradient.
+    l2_init: L2InitConfig = L2InitConfig(modules=("actor", "critic"))
+    """L2-init regularisation (default parts: actor, critic)"""
+    redo: AgentReDoConfig = AgentReDoConfig()
     """ReDo dormant-unit recycling"""
-    injection: InjectionConfig = InjectionConfig()
-    """plasticity injection"""
+    # Nikishin et al. 2023 inject into the value head; here both Q-networks' output layers.
+    injection: AgentInjectionConfig = AgentInjectionConfig(modules=("critic.head",))
+    """plasticity injection (default part: critic.head, the twin critics' output layers)"""
     cbp: CBPConfig = CBPConfig()
     """continual backprop"""
 
@@ -253,21 +262,25 @@ def update(
     penalties: dict[str, list],
 ) -> dict[str, torch.Tensor]:
     """One SAC update (sac_learner.py ``_update_jit``): critic step, target update, actor step with the
-    new critic, temperature step; L2-init penalties are added to the loss of the parameters they cover."""
+    new critic, temperature step; L2-init penalties are added to the loss of the parameters they cover.
+
+    Actor and temperature share one backward pass: the actor loss uses α detached and the temperature
+    loss log π detached, so the summed loss gives each parameter exactly its own loss's gradient (bit for
+    bit), and the temperature loss only reads log π and α, which the actor step does not change — the
+    same numbers as a backward and a step per loss, with one autograd pass fewer."""
     loss_q, q = critic_loss(nets, target, batch, torch.randn_like(batch.action))
     optimizers.critic.zero_grad(set_to_none=True)
-    (loss_q + rl.l2_penalty(penalties["critic"])).backward()
+    rl.add_penalties(loss_q, penalties["critic"]).backward()
     optimizers.critic.step()
     rl.soft_update_(target.critic, nets.critic, args.tau)
 
     loss_pi, log_prob = actor_loss(nets, batch.obs, torch.randn_like(batch.action))
+    loss_alpha = temperature_loss(nets, log_prob, target_entropy)  # before the actor step: same value
     optimizers.actor.zero_grad(set_to_none=True)
-    (loss_pi + rl.l2_penalty(penalties["actor"])).backward()
-    optimizers.actor.step()
-
-    loss_alpha = temperature_loss(nets, log_prob, target_entropy)
     optimizers.temperature.zero_grad(set_to_none=True)
-    (loss_alpha + rl.l2_penalty(penalties["temperature"])).backward()
+    total = rl.add_penalties(loss_pi, penalties["actor"])
+    (total + rl.add_penalties(loss_alpha, penalties["temperature"])).backward()
+    optimizers.actor.step()
     optimizers.temperature.step()
     return {
         "losses/critic": loss_q.detach(),

@@ -1,6 +1,9 @@
 """What the off-policy agents (SAC, DrQ) share apart from their networks and update rules.
 
 - :func:`cli` — tyro command line; with ``--resume RUN_DIR`` the saved config supplies the defaults.
+- :class:`AgentResetConfig` and the other ``Agent*Config`` — the scheduled interventions' configs with a
+  ``unit``: ``update`` (gradient updates done, the default) or ``step`` (agent steps, independent of the
+  replay ratio and of ``--learning-starts``).
 - :func:`check_common_args` — clear errors for bad values of the common flags (DESIGN.md §2).
 - :class:`ResumableEnv`, :func:`env_rng_state` — a training env whose position can be checkpointed: the
   task's RNG state at the start of the current episode and the actions taken since. Resuming replays
@@ -8,7 +11,8 @@
 - :func:`evaluate` — full episodes with a deterministic policy on a separate env.
 - :class:`Temperature`, :func:`tanh_gaussian_sample`, :func:`squash_log_std`, :func:`soft_update_` —
   the pieces of SAC that SAC and DrQ both use.
-- :func:`build_interventions` — every intervention flag group bound to the agent's networks.
+- :func:`build_interventions` — every intervention flag group bound to the agent's networks, as an
+  :class:`AgentInterventions` (update-unit schedules after each update, step-unit ones after each step).
 - :func:`measure_parts` — plasticity diagnostics of the agent's networks on the probe batch.
 - :class:`OffPolicyLoop` — the bookkeeping around the agent's loop: replay ratio, episode statistics,
   logging, evaluation, diagnostics, interventions, checkpoints, signals, non-finite losses and result.
@@ -16,7 +20,9 @@
 Checkpoints hold everything needed to continue exactly: networks, optimizers, temperature (in the
 agent's state), interventions, replay buffer (with its RNG), replay-ratio counters, every global RNG
 state, the warm-up action RNG, the training env's episode start and actions, the evaluation env's RNG,
-counters, the probe batch and the initial parameters used by the diagnostics.
+counters, the probe batch and the initial parameters used by the diagnostics. A signal that arrives
+during an evaluation aborts it (within one env step) and the checkpoint says so: the resumed run
+redoes that evaluation and the rest of that step's work first, so the results stay exact.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ import sys
 import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -44,12 +52,18 @@ from plasticrl.buffers import ReplayBatch, ReplayBuffer, ReplayRatioSchedule, ex
 from plasticrl.interventions import (
     ContinualBackprop,
     HareTortoise,
+    HareTortoiseConfig,
+    InjectionConfig,
+    Intervention,
     InterventionSet,
     L2Init,
     PlasticityInjection,
     ReDo,
+    ReDoConfig,
     Reset,
+    ResetConfig,
     ShrinkPerturb,
+    ShrinkPerturbConfig,
     effective_rank,
     measure,
     resolve_modules,
@@ -63,7 +77,7 @@ from .run import (
     NonFiniteLossError,
     Progress,
     Run,
-    check_finite,
+    config_dict,
     rng_states,
     seed_everything,
     select_device,
@@ -73,10 +87,17 @@ from .run import (
 
 __all__ = [
     "NONFINITE_CHECKPOINT_FILE",
+    "AgentHareTortoiseConfig",
+    "AgentInjectionConfig",
+    "AgentInterventions",
+    "AgentReDoConfig",
+    "AgentResetConfig",
+    "AgentShrinkPerturbConfig",
     "OffPolicyLoop",
     "ResumableEnv",
     "Temperature",
     "acting_network",
+    "add_penalties",
     "announce",
     "build_interventions",
     "check_common_args",
@@ -104,6 +125,109 @@ T = TypeVar("T")
 NONFINITE_CHECKPOINT_FILE = "checkpoint.nonfinite.pt"
 # Fields that may differ between the saved config and the flags of a resumed run.
 RESUME_IGNORED_FIELDS = ("resume", "total_steps", "device", "threads", "run_dir")
+
+
+# ----------------------------------------------------------------------------- intervention configs
+
+ScheduleUnit = Literal["update", "step"]
+SCHEDULE_UNITS = ("update", "step")
+
+
+def schedule_unit(config: Any) -> str:
+    """What a config's schedule counts: ``update`` (also for configs without a ``unit``) or ``step``."""
+    return getattr(config, "unit", "update")
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in SCHEDULE_UNITS:
+        raise ValueError(f"unit must be 'update' (gradient updates) or 'step' (agent steps), got {unit!r}")
+
+
+def _unit_tag(tag: str, unit: str) -> str:
+    return tag if unit == "update" else f"{tag}-{unit}"
+
+
+# The agents' versions of the scheduled interventions' configs: the same fields plus ``unit``. With
+# ``unit = "step"`` every/at/start/until count agent steps and the intervention acts right after agent step
+# N (after that step's gradient updates and its evaluation, before its checkpoint, as rl_with_resets'
+# train_dense.py resets after ``i % reset_interval == 0``), whatever the replay ratio and learning starts.
+# (The supervised harness has its own ``unit``, where ``step`` means a gradient update.)
+
+
+@dataclass(frozen=True)
+class AgentResetConfig(ResetConfig):
+    """Reset (Nikishin et al. 2022), scheduled in gradient updates or agent steps."""
+
+    unit: ScheduleUnit = "update"
+    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unit(self.unit)
+
+    def tag(self) -> str:
+        """Run-name fragment, e.g. ``reset-all-e200000-step``."""
+        return _unit_tag(super().tag(), self.unit)
+
+
+@dataclass(frozen=True)
+class AgentShrinkPerturbConfig(ShrinkPerturbConfig):
+    """Shrink & perturb (Ash & Adams 2020), scheduled in gradient updates or agent steps."""
+
+    unit: ScheduleUnit = "update"
+    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unit(self.unit)
+
+    def tag(self) -> str:
+        return _unit_tag(super().tag(), self.unit)
+
+
+@dataclass(frozen=True)
+class AgentHareTortoiseConfig(HareTortoiseConfig):
+    """Hare & tortoise (Lee et al. 2024): EMA after every update; hare resets in updates or agent steps."""
+
+    unit: ScheduleUnit = "update"
+    """what the hare reset's every/at/start/until count: 'update' or 'step' (agent steps); EMA every update"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unit(self.unit)
+
+    def tag(self) -> str:
+        return _unit_tag(super().tag(), self.unit) if self.scheduled else super().tag()
+
+
+@dataclass(frozen=True)
+class AgentReDoConfig(ReDoConfig):
+    """ReDo (Sokar et al. 2023), scheduled in gradient updates or agent steps."""
+
+    unit: ScheduleUnit = "update"
+    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unit(self.unit)
+
+    def tag(self) -> str:
+        return _unit_tag(super().tag(), self.unit)
+
+
+@dataclass(frozen=True)
+class AgentInjectionConfig(InjectionConfig):
+    """Plasticity injection (Nikishin et al. 2023), scheduled in gradient updates or agent steps."""
+
+    unit: ScheduleUnit = "update"
+    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unit(self.unit)
+
+    def tag(self) -> str:
+        return _unit_tag(super().tag(), self.unit)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -202,33 +326,81 @@ def setup_torch(args: Any) -> torch.device:
 
 
 def open_run(agent: str, args: Any, tag: str) -> tuple[Run, dict | None]:
-    """Create the run directory, or reopen ``args.resume`` and return its checkpoint."""
+    """Create the run directory, or reopen ``args.resume`` and return its checkpoint.
+
+    A resume that cannot continue (the checkpoint already reached ``--total-steps``) is refused before
+    any file of the run directory is touched.
+    """
     if args.resume:
-        return Run.resume(args.resume, args, ignore=RESUME_IGNORED_FIELDS)
+
+        def check(checkpoint: Mapping[str, Any]) -> None:
+            reached = int(checkpoint["global_step"])
+            if reached >= args.total_steps and not checkpoint.get("step_pending", False):
+                raise ValueError(
+                    f"--resume: the run already reached step {reached} >= --total-steps {args.total_steps}; "
+                    "pass a larger --total-steps to continue it"
+                )
+
+        defaults = config_dict(type(args)()) if dataclasses.is_dataclass(args) else None
+        return Run.resume(args.resume, args, ignore=RESUME_IGNORED_FIELDS, check=check, defaults=defaults)
     return Run.create(args.run_dir, agent, args.env_id, tag, args.seed, args), None
 
 
 _SCHEDULED = ("reset", "shrink_perturb", "redo", "injection", "hare_tortoise")
 
 
+def _listed(values: list[int], more: bool) -> str:
+    return ", ".join(str(int(v)) for v in values) + (", ..." if more else "")
+
+
+def _firing_points(config: Any, limit: int, count: int = 3) -> tuple[list[int], bool]:
+    """The first ``count`` counts in [1, limit] at which ``config`` fires, and whether more follow."""
+    candidates = set(config.at)
+    if config.every:
+        first = max(1, -(-config.start // config.every)) * config.every
+        candidates.update(range(first, first + (count + 1) * config.every, config.every))
+    points = sorted(c for c in candidates if c <= limit and config.fires(c))
+    return points[:count], len(points) > count
+
+
 def schedule_lines(args: Any, env_steps_per_step: int = 1) -> list[str]:
-    """Each intervention schedule in updates and in agent (and env) steps at the run's replay ratio."""
-    ratio = float(exact_ratio(args.replay_ratio))
+    """Each intervention schedule in its unit and in the other one, at the run's replay ratio and
+    learning starts: when update U is done (agent step learning_starts + ⌈U / ratio⌉), or how many updates
+    are done at agent step N (⌊(N − learning_starts)·ratio⌋); env steps too when actions repeat."""
+    schedule = ReplayRatioSchedule(args.replay_ratio, args.learning_starts)
+    ratio = schedule.ratio
+    total_updates = schedule.updates_after(args.total_steps)
+    context = f"(learning starts {args.learning_starts}, replay ratio {args.replay_ratio:g})"
     lines = []
     for name in _SCHEDULED:
         config = getattr(args, name)
         if not config.enabled or not config.scheduled:
             continue
         flag = name.replace("_", "-")
-        points = ([f"every {config.every}"] if config.every else []) + [f"at {u}" for u in config.at]
-        for point in points:
-            updates = int(point.split()[-1])
-            steps = updates / ratio
-            env = f" = {steps * env_steps_per_step:g} env steps" if env_steps_per_step != 1 else ""
+        unit = schedule_unit(config)
+        what = "agent steps" if unit == "step" else "updates"
+        when = ([f"every {config.every} {what}"] if config.every else []) + (
+            [f"at {what} {_listed(list(config.at), False)}"] if config.at else []
+        )
+        limit = args.total_steps if unit == "step" else total_updates
+        points, more = _firing_points(config, limit)
+        if not points:
             lines.append(
-                f"--{flag}: {point} updates = {point.split()[0]} {steps:g} agent steps{env} "
-                f"at replay ratio {args.replay_ratio:g}"
+                f"--{flag}: {' and '.join(when)}: never within --total-steps {args.total_steps} {context}"
             )
+            continue
+        if unit == "step":
+            steps = points
+            other = f"after updates {_listed([schedule.updates_after(s) for s in steps], more)}"
+        else:
+            steps = [args.learning_starts + math.ceil(Fraction(u) / ratio) for u in points]
+            other = ""
+        text = f"--{flag}: {' and '.join(when)} = after agent steps {_listed(steps, more)}"
+        if env_steps_per_step != 1:
+            text += f" = env steps {_listed([s * env_steps_per_step for s in steps], more)}"
+        if other:
+            text += f" ({other})"
+        lines.append(f"{text} {context}")
     return lines
 
 
@@ -316,13 +488,24 @@ class ResumableEnv:
         self.episodes = int(state["episodes"])
 
 
-def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: gym.Env, episodes: int) -> list[float]:
-    """Returns of ``episodes`` full episodes of ``policy`` (obs → action) on ``env``."""
+def evaluate(
+    policy: Callable[[np.ndarray], np.ndarray],
+    env: gym.Env,
+    episodes: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[float] | None:
+    """Returns of ``episodes`` full episodes of ``policy`` (obs → action) on ``env``.
+
+    ``should_stop`` is asked before every env step; when it says yes the evaluation is abandoned and
+    None is returned (a stop signal should not wait for ten pixel episodes).
+    """
     returns = []
     for _ in range(episodes):
         obs, _ = env.reset()
         total, done = 0.0, False
         while not done:
+            if should_stop is not None and should_stop():
+                return None
             obs, reward, terminated, truncated, _ = env.step(policy(obs))
             total += float(reward)
             done = bool(terminated or truncated)
@@ -419,15 +602,25 @@ def optimizers_holding(modules: Sequence[nn.Module], optimizers: Sequence[Optimi
     ]
 
 
+def _parts_help(network: nn.Module) -> str:
+    """The agent's top-level parts and the name syntax, for error messages."""
+    parts = [name for name, _ in network.named_children()]
+    example = next(
+        (f"{name}.{child}" for name, part in network.named_children() for child, _ in part.named_children()),
+        None,
+    )
+    dotted = f"a sub-module by dotted path (e.g. {example})" if example else "a sub-module by dotted path"
+    return f"This agent's parts: {', '.join(parts)}; or {dotted}, 'last:K' (the last K weight layers), 'all'"
+
+
 def _resolve(network: nn.Module, names: Sequence[str], flag: str) -> list[nn.Module]:
     try:
         return resolve_modules(network, names)
     except ValueError as error:
-        parts = ", ".join(name for name, _ in network.named_children())
-        raise ValueError(
-            f"--{flag}.modules {' '.join(names)}: {error}. This agent's parts: {parts} (and their "
-            "sub-modules by dotted name, 'last:K', 'all')"
-        ) from None
+        # resolve_modules lists every sub-module it knows (dozens for an ensemble critic): keep its first
+        # sentence and list the top-level parts instead.
+        reason = str(error).split("; available:")[0]
+        raise ValueError(f"--{flag}.modules {' '.join(names)}: {reason}. {_parts_help(network)}") from None
 
 
 def _within(part: nn.Module, modules: Sequence[nn.Module]) -> list[nn.Module]:
@@ -448,7 +641,7 @@ def build_interventions(
     loss_parts: Mapping[str, tuple[Sequence[nn.Module], Optimizer]],
     batch_fn: Callable[[], Any],
     example_inputs: Any,
-) -> tuple[InterventionSet, dict[str, list[L2Init]]]:
+) -> tuple[AgentInterventions, dict[str, list[L2Init]]]:
     """Bind every enabled intervention flag group to ``network`` (the agent's container module).
 
     Module names resolve against ``network`` (``actor``, ``critic.head``, ``last:2``, ``all``); an unknown
@@ -460,7 +653,8 @@ def build_interventions(
     loss's parts (``l2_init_<loss>``), so each penalty is added to the loss whose optimizer steps those
     parameters. Order of application after each update: ``INTERVENTION_ORDER`` (hare & tortoise, continual
     backprop, ReDo, reset, shrink & perturb, plasticity injection). Returns the set and the L2-init terms
-    per loss.
+    per loss. Schedules count gradient updates, or agent steps for groups with ``unit = "step"`` (see
+    :class:`AgentInterventions`).
     """
     optimizers = [opt for _, opt in loss_parts.values()]
     if args.hare_tortoise.enabled and args.injection.enabled:
@@ -514,12 +708,60 @@ def build_interventions(
                 term = L2Init(args.l2_init, network, modules=modules, name=f"l2_init_{loss}")
                 penalties[loss].append(term)
                 entries.append(term)
-    return InterventionSet(entries), penalties
+    return AgentInterventions(entries), penalties
 
 
 def l2_penalty(terms: Sequence[L2Init]) -> torch.Tensor | float:
     """Sum of the L2-init penalties of one loss (0.0 without any)."""
     return sum((t.penalty() for t in terms), 0.0) if terms else 0.0
+
+
+def add_penalties(loss: torch.Tensor, terms: Sequence[L2Init]) -> torch.Tensor:
+    """``loss`` plus the L2-init penalties of its parameters (``loss`` itself, no extra op, without any)."""
+    return loss + l2_penalty(terms) if terms else loss
+
+
+class AgentInterventions(InterventionSet):
+    """The agent's interventions, each scheduled in its config's unit (:func:`schedule_unit`).
+
+    :meth:`maybe_apply` runs after every gradient update with the update count: update-unit schedules act
+    as in :class:`InterventionSet`; for step-unit ones only hare & tortoise's EMA runs there. :meth:`at_step`
+    runs after every agent step (after its updates and evaluation) with the agent step count: step-unit
+    schedules act there. Both counts are checkpointed by the loop, so schedules continue across a resume.
+    """
+
+    def __init__(self, interventions: Sequence[Intervention] = ()):
+        super().__init__(interventions)
+        self.step_unit = {
+            i.name
+            for i in self.interventions
+            if isinstance(i, (Reset, ShrinkPerturb, ReDo, PlasticityInjection, HareTortoise))
+            and schedule_unit(i.config) == "step"
+        }
+
+    def maybe_apply(self, update_step: int) -> dict[str, float]:
+        """After gradient update ``update_step``: update-unit schedules, and every EMA."""
+        out: dict[str, float] = {}
+        for intervention in self.interventions:
+            if intervention.name not in self.step_unit:
+                out.update(intervention.maybe_apply(update_step))
+            elif isinstance(intervention, HareTortoise) and intervention.config.enabled:
+                intervention.update_tortoise()
+        return out
+
+    def at_step(self, agent_step: int) -> dict[str, float]:
+        """After agent step ``agent_step``: the step-unit schedules that fire there."""
+        out: dict[str, float] = {}
+        for intervention in self.interventions:
+            if intervention.name not in self.step_unit:
+                continue
+            if isinstance(intervention, HareTortoise):
+                if intervention.config.enabled and intervention.config.fires(agent_step):
+                    intervention.reset_hare()
+                    out[f"interventions/{intervention.name}"] = 1.0
+            else:  # Reset, ShrinkPerturb, ReDo, PlasticityInjection: their schedule, read in agent steps
+                out.update(intervention.maybe_apply(agent_step))
+        return out
 
 
 def acting_network(network: nn.Module, interventions: InterventionSet) -> nn.Module:
@@ -602,8 +844,13 @@ class OffPolicyLoop:
                 action = loop.random_action() if loop.warming_up else act(loop.obs)
                 for _ in range(loop.env_step(action)):   # gradient updates due (replay ratio)
                     loop.after_update(update(...))        # metrics dict of the update
-                loop.after_step()                         # log, evaluate, checkpoint, signals
-        return loop.result
+                loop.after_step()                         # log, evaluate, step-unit interventions,
+        return loop.summary()                             # checkpoint, signals
+
+    Non-finite losses: every update's ``losses/*`` metrics are checked on the device (no host sync: a
+    flag and the first failing update's index and values are kept with ``torch.where``); log steps and
+    checkpoints read that record and stop the run naming the first failing update, its agent step and
+    the loss.
 
     Args:
         agent: agent name (progress bar, result).
@@ -611,7 +858,8 @@ class OffPolicyLoop:
         run: the open run directory.
         env, eval_env: training and evaluation envs (separate, differently seeded).
         buffer: the replay buffer (its ``state_dict`` goes into checkpoints).
-        interventions: applied after every update with the update count.
+        interventions: applied after every update with the update count and, for step-unit schedules
+            (:class:`AgentInterventions`), after every agent step with the step count.
         networks: the agent's container module (checked for non-finite values before checkpoints).
         eval_policy: deterministic policy obs → action used for evaluation.
         agent_state / load_agent_state: networks, targets and optimizers of the agent, to and from a dict.
@@ -667,6 +915,13 @@ class OffPolicyLoop:
         self.probe: ReplayBatch | None = None
         self.stopped_by: str | None = None
         self.result: dict[str, Any] | None = None
+        # Device-side record of the first update with a non-finite loss (0: none yet).
+        self._all_finite: torch.Tensor | None = None
+        self._first_bad_update: torch.Tensor | None = None
+        self._bad_values: dict[tuple[str, ...], torch.Tensor] = {}
+        # True when a signal interrupted the evaluation of ``global_step``: the rest of that step
+        # (evaluation, step-unit interventions, checkpoint, end of run) is still to do.
+        self._step_pending = False
         self._signals: dict[str, Any] = {"signal": None}
         self._stack = contextlib.ExitStack()
         if checkpoint is None:
@@ -685,6 +940,9 @@ class OffPolicyLoop:
         self._stack.callback(self.run.close)
         self._start_time = time.time()
         self._start_step = self.global_step
+        if self._step_pending:  # resumed from a checkpoint written during an evaluation
+            self._step_pending = False
+            self._end_of_step(self.global_step)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -737,37 +995,64 @@ class OffPolicyLoop:
         """Count the update, keep its metrics, apply interventions, run diagnostics when due."""
         self.updates += 1
         self.last_metrics.update(metrics)
+        self._record_nonfinite(metrics)
         if self.diagnostics is not None and self.probe is None:
             size = min(self.args.probe_batch_size, self.buffer.num_valid())
             self.probe = self.buffer.sample(size)
-        events = self.interventions.maybe_apply(self.updates)
-        if events:
-            self.run.log_scalars(events, self.global_step)
-            for tag in events:
-                name = tag.split("/")[1]
-                if tag == f"interventions/{name}":
-                    self.intervention_counts[name] = self.intervention_counts.get(name, 0) + 1
+        self._log_events(self.interventions.maybe_apply(self.updates))
         if self.diagnostics is not None and self.updates % self.args.diagnostics_every == 0:
             self.run.log_scalars(self.diagnostics(self.probe.to(self.device)), self.global_step)
 
     def after_step(self) -> None:
-        """Log training scalars, evaluate, checkpoint and react to signals, as due at this step."""
+        """Log training scalars, evaluate, apply step-unit interventions, checkpoint and react to signals,
+        as due at this step (rl_with_resets train_dense.py order: updates, evaluation, reset)."""
         step = self.global_step
         if step % self.args.log_every == 0:
             self._log_training(step)
+        self._end_of_step(step)
+
+    def _stop_requested(self) -> bool:
+        return self._signals.get("signal") is not None
+
+    def _end_of_step(self, step: int) -> None:
         if step % self.args.eval_every == 0 or step == self.total_steps:
-            self.run.log_eval(step, evaluate(self.eval_policy, self.eval_env, self.args.eval_episodes))
-        signal_name = self._signals.get("signal")
-        if signal_name is not None:
-            self.stopped_by = signal_name
-            path = self.save_checkpoint()
-            print(
-                f"[{self.agent}] {signal_name} at step {step}: checkpoint written to {path}", file=sys.stderr
+            eval_rng = env_rng_state(self.eval_env)
+            returns = evaluate(
+                self.eval_policy, self.eval_env, self.args.eval_episodes, should_stop=self._stop_requested
             )
+            if returns is None:  # a signal arrived: checkpoint now, redo this evaluation on resume
+                set_env_rng_state(self.eval_env, eval_rng)
+                self._step_pending = True
+                self._stop(step, "during the evaluation; the resumed run evaluates this step again")
+                return
+            self.run.log_eval(step, returns)
+        at_step = getattr(self.interventions, "at_step", None)
+        if at_step is not None:
+            self._log_events(at_step(step))
+        if self._stop_requested():
+            self._stop(step)
         elif self.args.checkpoint_every and step % self.args.checkpoint_every == 0:
             self.save_checkpoint()
         if step == self.total_steps:
             self._finish()
+
+    def _stop(self, step: int, note: str = "") -> None:
+        self.stopped_by = self._signals["signal"]
+        path = self.save_checkpoint()
+        note = f" {note}" if note else ""
+        print(
+            f"[{self.agent}] {self.stopped_by} at step {step}{note}: checkpoint written to {path}",
+            file=sys.stderr,
+        )
+
+    def _log_events(self, events: Mapping[str, float]) -> None:
+        if not events:
+            return
+        self.run.log_scalars(events, self.global_step)
+        for tag in events:
+            name = tag.split("/")[1]
+            if tag == f"interventions/{name}":
+                self.intervention_counts[name] = self.intervention_counts.get(name, 0) + 1
 
     # -- logging and failure ---------------------------------------------------------------------
 
@@ -784,12 +1069,43 @@ class OffPolicyLoop:
             scalars.update(zip(names, values.tolist()))
         self.run.log_scalars(scalars, step)
 
+    def _record_nonfinite(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Keep, on the device, the index and loss values of the first update with a non-finite loss."""
+        names = tuple(k for k in metrics if k.startswith("losses/"))
+        if not names:
+            return
+        values = torch.stack([metrics[k] for k in names])  # 0-dim detached float tensors (the agents')
+        if self._all_finite is None:
+            self._all_finite = torch.ones((), dtype=torch.bool, device=values.device)
+            self._first_bad_update = torch.zeros((), dtype=torch.int64, device=values.device)
+        finite = torch.isfinite(values).all()
+        first = self._all_finite > finite  # finite so far, not now
+        self._all_finite.logical_and_(finite)
+        self._first_bad_update.masked_fill_(first, self.updates)
+        held = self._bad_values.get(names)
+        self._bad_values[names] = torch.where(first, values, values if held is None else held)
+
+    def step_of_update(self, update: int) -> int:
+        """The agent step during which gradient update ``update`` ran: learning_starts + ⌈update / ratio⌉."""
+        return self.schedule.learning_starts + math.ceil(Fraction(update) / self.schedule.ratio)
+
     def _check_finite(self, step: int) -> None:
-        losses = {k: v for k, v in self.last_metrics.items() if k.startswith("losses/")}
-        try:
-            check_finite(losses, step)
-        except NonFiniteLossError as error:
-            raise self._nonfinite(str(error)) from None
+        if self._first_bad_update is None:
+            return
+        first = int(self._first_bad_update)  # the one host sync, at log steps and checkpoints
+        if first == 0:
+            return
+        bad = {}
+        for names, values in self._bad_values.items():
+            values = values.cpu()
+            for name, value in zip(names, values.tolist()):
+                if not math.isfinite(value):
+                    bad[name] = value
+        losses = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        raise self._nonfinite(
+            f"non-finite loss {losses} first at update {first} (agent step {self.step_of_update(first)}); "
+            f"detected at step {step}"
+        )
 
     def _nonfinite(self, message: str) -> NonFiniteLossError:
         path = self.run.path / NONFINITE_CHECKPOINT_FILE
@@ -798,7 +1114,7 @@ class OffPolicyLoop:
         last_good = f"; the last good checkpoint is {good}" if good.is_file() else ""
         self.run.writer.flush()
         return NonFiniteLossError(
-            f"{message} (update {self.updates}); stopped the run; the state at the failure is saved in "
+            f"{message} (update {self.updates}); stopped the run; the state at detection is saved in "
             f"{path}{last_good}"
         )
 
@@ -821,12 +1137,12 @@ class OffPolicyLoop:
             "env": self.env.state_dict(),
             "eval_env": env_rng_state(self.eval_env),
             "probe": _batch_to_dict(self.probe),
+            "step_pending": self._step_pending,
         }
 
     def save_checkpoint(self) -> Path:
         """Atomically write ``checkpoint.pt`` (after checking losses and parameters are finite)."""
-        if self.last_metrics:
-            self._check_finite(self.global_step)
+        self._check_finite(self.global_step)
         bad = [n for n, p in self.networks.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             raise self._nonfinite(f"non-finite parameters {', '.join(bad[:5])} at step {self.global_step}")
@@ -834,7 +1150,8 @@ class OffPolicyLoop:
 
     def _restore(self, checkpoint: dict, load_agent_state: Callable[[dict], None]) -> None:
         reached = int(checkpoint["global_step"])
-        if reached >= self.total_steps:
+        self._step_pending = bool(checkpoint.get("step_pending", False))
+        if reached >= self.total_steps and not self._step_pending:  # (open_run refuses this first)
             raise ValueError(
                 f"--resume: the run already reached step {reached} >= --total-steps {self.total_steps}; "
                 "pass a larger --total-steps to continue it"

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -180,10 +180,23 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, args: Any, *, ignore: tuple[str, ...] = ()) -> tuple[Run, dict]:
+    def resume(
+        cls,
+        path: str | os.PathLike,
+        args: Any,
+        *,
+        ignore: tuple[str, ...] = (),
+        check: Callable[[Mapping[str, Any]], None] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> tuple[Run, dict]:
         """Reopen ``path`` and load its checkpoint; the flags given must match the saved config.
 
-        Fields in ``ignore`` (e.g. ``total_steps``, ``resume``) may differ. Returns ``(run, checkpoint)``.
+        Fields in ``ignore`` (e.g. ``total_steps``, ``resume``) may differ; with ``defaults`` (the
+        config of default arguments), fields missing from an older saved config count as their default.
+        ``check(checkpoint)`` may refuse the resume by raising. Every refusal happens before any file in
+        the directory is touched. Then a stale ``result.json`` (its presence means the run finished) is
+        deleted, eval.csv loses the rows after the checkpoint and TensorBoard events after it are purged.
+        Returns ``(run, checkpoint)``.
         """
         path = Path(path)
         if not path.is_dir():
@@ -195,14 +208,20 @@ class Run:
                 "(run with --checkpoint-every > 0 to write one)"
             )
         config = json.loads((path / CONFIG_FILE).read_text())
-        conflicts = _config_conflicts(config["args"], config_dict(args), ignore)
+        saved, given = config["args"], config_dict(args)
+        if defaults is not None:
+            saved, given = _with_defaults(saved, defaults), _with_defaults(given, defaults)
+        conflicts = _config_conflicts(saved, given, ignore)
         if conflicts:
             raise ValueError(
                 f"--resume {str(path)!r}: flags conflict with the saved config.json: "
                 + "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, a, b in conflicts)
             )
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if check is not None:
+            check(checkpoint)
         step = int(checkpoint["global_step"])
+        (path / RESULT_FILE).unlink(missing_ok=True)  # the resumed run has not finished (yet)
         run = cls(path, config, purge_step=step + 1)
         run._eval_rows = [row for row in run._eval_rows if int(row["step"]) <= step]
         run._write_eval_csv()
@@ -265,6 +284,17 @@ class Run:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` with the keys it lacks (fields added since it was written) taken from ``defaults``."""
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, Mapping) and isinstance(out[key], Mapping):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _config_conflicts(saved: dict, given: dict, ignore: tuple[str, ...], prefix: str = "") -> list:

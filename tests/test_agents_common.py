@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from plasticrl.agents import sac
+from plasticrl.agents import drq, sac
 from plasticrl.common import rl
 from plasticrl.envs import make_dmc
 from plasticrl.interventions import (
@@ -255,16 +255,25 @@ def test_evaluate_returns_one_total_per_episode():
 
 
 def test_args_round_trip_through_the_saved_config():
-    args = sac.Args(hidden_dims=(8, 4), reset=ResetConfig(every=5, modules=("actor", "critic.head")))
+    reset = rl.AgentResetConfig(every=5, modules=("actor", "critic.head"), unit="step")
+    args = sac.Args(hidden_dims=(8, 4), reset=reset)
     saved = json.loads(json.dumps(dataclasses.asdict(args)))
     assert rl.dataclass_from_dict(sac.Args, saved) == args
 
 
 def test_cli_resume_takes_defaults_from_the_saved_config(tmp_path):
-    args = sac.Args(env_id="walker-walk", replay_ratio=4.0, reset=ResetConfig(every=7, modules=("all",)))
+    args = sac.Args(env_id="walker-walk", replay_ratio=4.0, reset=rl.AgentResetConfig(every=7, unit="step"))
     (tmp_path / "config.json").write_text(json.dumps({"args": dataclasses.asdict(args)}))
     parsed = rl.cli(sac.Args, ["--resume", str(tmp_path), "--total-steps", "99"])
     assert parsed == dataclasses.replace(args, resume=str(tmp_path), total_steps=99)
+
+
+def test_cli_spells_the_schedule_unit_per_flag_group():
+    args = rl.cli(sac.Args, ["--reset.every", "200000", "--reset.unit", "step"])
+    assert args.reset == rl.AgentResetConfig(every=200000, modules=("all",), unit="step")
+    assert args.reset.tag() == "reset-all-e200000-step" and sac.Args().shrink_perturb.unit == "update"
+    with pytest.raises(ValueError, match="unit must be 'update'"):
+        rl.AgentResetConfig(every=1, unit="epoch")
 
 
 def _sac_parts(args: sac.Args):
@@ -281,12 +290,95 @@ def _sac_parts(args: sac.Args):
 
 
 def test_unknown_part_is_a_clear_error_naming_the_flag_and_the_parts():
-    args = sac.Args(hidden_dims=(8,), shrink_perturb=ShrinkPerturbConfig(every=3, modules=("encoder",)))
+    args = sac.Args(hidden_dims=(256, 256), shrink_perturb=ShrinkPerturbConfig(every=3, modules=("encoder",)))
     nets, target, _, parts, inputs = _sac_parts(args)
-    with pytest.raises(
-        ValueError, match=r"--shrink-perturb.modules encoder: .*parts: actor, critic, temperature"
-    ):
+    with pytest.raises(ValueError) as error:
         rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    message = str(error.value)
+    assert message == (
+        "--shrink-perturb.modules encoder: SACNetworks has no part named 'encoder'. This agent's parts: "
+        "actor, critic, temperature; or a sub-module by dotted path (e.g. actor.encoder), 'last:K' (the "
+        "last K weight layers), 'all'"
+    )
+
+
+def _bound(args, nets, target, parts, inputs):
+    interventions, penalties = rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    return {i.name: i for i in interventions}, penalties
+
+
+def test_sac_intervention_defaults_leave_the_temperature_alone_except_the_reset():
+    base = sac.Args(hidden_dims=(8,))
+    args = dataclasses.replace(
+        base,
+        reset=dataclasses.replace(base.reset, every=1),
+        shrink_perturb=dataclasses.replace(base.shrink_perturb, every=1),
+        l2_init=dataclasses.replace(base.l2_init, enabled=True),
+        injection=dataclasses.replace(base.injection, at=(1,)),
+    )
+    nets, target, _, parts, inputs = _sac_parts(args)
+    bound, penalties = _bound(args, nets, target, parts, inputs)
+    assert bound["reset"].modules == [nets]  # the whole agent (primacy bias)
+    assert bound["shrink_perturb"].modules == [nets.actor, nets.critic]
+    assert bound["injection"].modules == [nets.critic.head]
+    assert penalties["temperature"] == [] and penalties["actor"] and penalties["critic"]
+    with torch.no_grad():
+        nets.temperature.log_alpha.fill_(np.log(0.01))
+    bound["shrink_perturb"].apply()
+    assert nets.temperature().item() == pytest.approx(0.01)
+
+
+def test_drq_intervention_defaults_are_the_primacy_bias_reset_and_no_temperature_elsewhere():
+    base = drq.Args(hidden_dims=(8,), feature_dim=4, image_size=16)
+    args = dataclasses.replace(
+        base,
+        reset=dataclasses.replace(base.reset, every=1),
+        shrink_perturb=dataclasses.replace(base.shrink_perturb, every=1),
+        l2_init=dataclasses.replace(base.l2_init, enabled=True),
+        injection=dataclasses.replace(base.injection, at=(1,)),
+    )
+    nets = drq.DrQNetworks((3, 16, 16), 2, args)
+    target = copy.deepcopy(nets).requires_grad_(False)
+    opts = drq.make_optimizers(nets, args, torch.device("cpu"))
+    parts = {
+        "critic": ([nets.encoder, nets.critic], opts.critic),
+        "actor": ([nets.actor], opts.actor),
+        "temperature": ([nets.temperature], opts.temperature),
+    }
+    inputs = (torch.zeros(2, 3, 16, 16), torch.zeros(2, 2))
+    bound, penalties = _bound(args, nets, target, parts, inputs)
+    assert bound["reset"].modules == [nets.actor, nets.critic, nets.temperature]  # encoder kept
+    assert bound["shrink_perturb"].modules == [nets.encoder, nets.actor, nets.critic]
+    assert bound["injection"].modules == [nets.critic.q.head]
+    assert penalties["temperature"] == []
+    bound["shrink_perturb"].apply()
+    assert nets.temperature().item() == pytest.approx(0.1)  # (α would be 0.316 with the temperature)
+
+
+def test_step_unit_schedules_act_at_agent_steps_and_the_ema_runs_every_update():
+    args = sac.Args(
+        hidden_dims=(8,),
+        hare_tortoise=rl.AgentHareTortoiseConfig(enabled=True, every=3, unit="step", momentum=0.5),
+        shrink_perturb=rl.AgentShrinkPerturbConfig(every=2, modules=("actor",)),  # update unit
+        reset=rl.AgentResetConfig(at=(2,), modules=("critic.head",), unit="step"),
+    )
+    nets, target, opts, parts, inputs = _sac_parts(args)
+    interventions, _ = rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    assert interventions.step_unit == {"hare_tortoise", "reset"}
+    ht = next(i for i in interventions if i.name == "hare_tortoise")
+    tortoise = ht.tortoise.actor.head.weight
+    for update in (1, 2, 3):
+        with torch.no_grad():
+            nets.actor.head.weight.add_(1.0)
+        before = tortoise.clone()
+        events = interventions.maybe_apply(update)
+        assert events == ({"interventions/shrink_perturb": 1.0} if update == 2 else {})
+        if update != 2:  # (S&P changes the hare after the EMA)
+            torch.testing.assert_close(tortoise, 0.5 * before + 0.5 * nets.actor.head.weight)
+    assert interventions.at_step(1) == {}
+    assert interventions.at_step(2) == {"interventions/reset": 1.0}
+    assert interventions.at_step(3) == {"interventions/hare_tortoise": 1.0}
+    assert torch.equal(nets.actor.head.weight, tortoise)  # hare ← tortoise
 
 
 def test_l2_init_is_split_by_the_loss_that_trains_each_part():
@@ -313,15 +405,33 @@ def test_hare_tortoise_and_injection_together_are_refused():
         rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
 
 
-def test_schedule_lines_give_both_units():
-    args = sac.Args(replay_ratio=32.0, reset=ResetConfig(every=6_400_000, modules=("all",)))
+def test_schedule_lines_give_both_units_with_the_learning_starts_offset():
+    args = sac.Args(replay_ratio=32.0, reset=rl.AgentResetConfig(every=6_400_000))
     assert rl.schedule_lines(args) == [
-        "--reset: every 6400000 updates = every 200000 agent steps at replay ratio 32"
+        "--reset: every 6400000 updates = after agent steps 210000, 410000, 610000, ... "
+        "(learning starts 10000, replay ratio 32)"
     ]
-    lines = rl.schedule_lines(dataclasses.replace(args, replay_ratio=0.5), env_steps_per_step=8)
-    assert lines == [
-        "--reset: every 6400000 updates = every 1.28e+07 agent steps = 1.024e+08 env steps "
-        "at replay ratio 0.5"
+    args = dataclasses.replace(args, reset=rl.AgentResetConfig(every=200_000, unit="step"))
+    assert rl.schedule_lines(args) == [
+        "--reset: every 200000 agent steps = after agent steps 200000, 400000, 600000, ... "
+        "(after updates 6080000, 12480000, 18880000, ...) (learning starts 10000, replay ratio 32)"
+    ]
+    args = drq.Args(
+        total_steps=250_000,
+        replay_ratio=0.5,
+        reset=rl.AgentResetConfig(every=100_000, unit="step"),
+        injection=rl.AgentInjectionConfig(at=(3000, 999_999)),
+    )
+    assert rl.schedule_lines(args, env_steps_per_step=8) == [
+        "--reset: every 100000 agent steps = after agent steps 100000, 200000 = env steps 800000, 1600000 "
+        "(after updates 49500, 99500) (learning starts 1000, replay ratio 0.5)",
+        "--injection: at updates 3000, 999999 = after agent steps 7000 = env steps 56000 "
+        "(learning starts 1000, replay ratio 0.5)",
+    ]
+    late = dataclasses.replace(args, injection=rl.AgentInjectionConfig(at=(999_999,)), reset=ResetConfig())
+    assert rl.schedule_lines(late) == [
+        "--injection: at updates 999999: never within --total-steps 250000 "
+        "(learning starts 1000, replay ratio 0.5)"
     ]
 
 

@@ -107,6 +107,40 @@ def test_resume_errors(tmp_path):
         Run.resume(run.path, _Args(reset=_Nested(every=5)))
 
 
+def test_resume_deletes_a_stale_result_and_refuses_before_touching_anything(tmp_path):
+    run = Run.create(tmp_path, "sac", "cheetah-run", "base", 1, _Args())
+    run.log_eval(4, [1.0])
+    run.save_checkpoint({"global_step": 5})
+    run.log_eval(20, [2.0])
+    run.write_result({"steps": 20})
+    run.close()
+    files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.path.iterdir()}
+
+    def refuse(checkpoint):
+        raise ValueError(f"no: step {checkpoint['global_step']}")
+
+    with pytest.raises(ValueError, match="no: step 5"):
+        Run.resume(run.path, _Args(), check=refuse)
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.path.iterdir()} == files
+    resumed, _ = Run.resume(run.path, _Args(), check=lambda checkpoint: None)
+    resumed.close()
+    assert not (run.path / RESULT_FILE).exists()
+    assert [int(r["step"]) for r in resumed.eval_rows] == [4]
+
+
+def test_resume_counts_fields_missing_from_an_older_config_as_their_defaults(tmp_path):
+    run = Run.create(tmp_path, "sac", "cheetah-run", "base", 1, {"seed": 1, "reset": {"every": 0}})
+    run.save_checkpoint({"global_step": 0})
+    run.close()
+    given = {"seed": 1, "reset": {"every": 0, "unit": "update"}}
+    defaults = {"seed": 1, "reset": {"every": 0, "unit": "update"}}
+    with pytest.raises(ValueError, match=r"reset\.unit: saved None, given 'update'"):
+        Run.resume(run.path, given)
+    Run.resume(run.path, given, defaults=defaults)[0].close()
+    with pytest.raises(ValueError, match=r"reset\.unit: saved 'update', given 'step'"):
+        Run.resume(run.path, {"seed": 1, "reset": {"every": 0, "unit": "step"}}, defaults=defaults)
+
+
 def test_check_finite_names_the_loss():
     check_finite({"a": torch.tensor(1.0), "b": 2.0}, step=3)
     with pytest.raises(NonFiniteLossError, match=r"critic_loss.*step 7"):

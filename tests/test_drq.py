@@ -233,9 +233,9 @@ def test_primacy_bias_reset_keeps_the_encoder_and_its_optimizer_state():
 
 
 def test_smoke_run_writes_a_complete_run_directory(tmp_path):
-    summary = drq.main(
-        tiny_args(tmp_path, reset=ResetConfig(every=10, modules=("actor", "critic", "temperature")))
-    )
+    # The primacy-bias flags: the default parts (actor, critic heads, temperature), in agent steps.
+    reset = dataclasses.replace(drq.Args().reset, at=(125, 140, 150), unit="step")
+    summary = drq.main(tiny_args(tmp_path, reset=reset))
     assert summary["updates"] == 30 and summary["steps"] == 150 and summary["env_steps"] == 1200
     assert summary["interventions"] == {"reset": 3}
     run_dir = Path(summary["run_dir"])

@@ -28,6 +28,7 @@ from plasticrl.interventions import (
     InjectionConfig,
     L2InitConfig,
     ReDoConfig,
+    Reset,
     ResetConfig,
     ShrinkPerturbConfig,
 )
@@ -177,6 +178,40 @@ def test_update_steps_every_part_and_moves_the_target_by_tau():
     assert torch.equal(target.actor.head.weight, copy.deepcopy(target).actor.head.weight)
 
 
+def _two_pass_update(nets, target, optimizers, batch, args, target_entropy):
+    """The update with one backward and one step per loss (the order of sac_learner.py)."""
+    loss_q, _ = sac.critic_loss(nets, target, batch, torch.randn_like(batch.action))
+    optimizers.critic.zero_grad(set_to_none=True)
+    loss_q.backward()
+    optimizers.critic.step()
+    rl.soft_update_(target.critic, nets.critic, args.tau)
+    loss_pi, log_prob = sac.actor_loss(nets, batch.obs, torch.randn_like(batch.action))
+    optimizers.actor.zero_grad(set_to_none=True)
+    loss_pi.backward()
+    optimizers.actor.step()
+    loss_alpha = sac.temperature_loss(nets, log_prob, target_entropy)
+    optimizers.temperature.zero_grad(set_to_none=True)
+    loss_alpha.backward()
+    optimizers.temperature.step()
+
+
+def test_shared_actor_and_temperature_backward_gives_the_same_numbers_as_separate_passes():
+    args, nets, target, batch, _ = _tiny_problem()
+    twin, twin_target = copy.deepcopy(nets), copy.deepcopy(target)
+    optimizers = sac.make_optimizers(nets, args, torch.device("cpu"))
+    twin_optimizers = sac.make_optimizers(twin, args, torch.device("cpu"))
+    no_penalties = {"critic": [], "actor": [], "temperature": []}
+    for seed in range(3):
+        torch.manual_seed(seed)
+        sac.update(nets, target, optimizers, batch, args, -1.0, no_penalties)
+        torch.manual_seed(seed)
+        _two_pass_update(twin, twin_target, twin_optimizers, batch, args, -1.0)
+    for (name, a), b in zip(nets.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(target.state_dict().values(), twin_target.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_primacy_bias_reset_recreates_the_whole_agent_and_syncs_the_target():
     args, nets, target, batch, _ = _tiny_problem()
     args = dataclasses.replace(args, reset=ResetConfig(every=1, modules=("all",)))
@@ -266,6 +301,38 @@ def test_every_intervention_flag_runs(tmp_path, name):
         assert f"interventions/{name}" in scalar_tags(summary["run_dir"])
 
 
+def test_a_step_unit_reset_fires_right_after_the_listed_agent_steps(tmp_path, monkeypatch):
+    """learning starts 1000, replay ratio 2: update-unit counts would be offset and halved; agent steps
+    are not. Each reset comes after the two updates of its step."""
+    updates, fired = [0], []
+    update = sac.update
+
+    def counting_update(*args, **kwargs):
+        updates[0] += 1
+        return update(*args, **kwargs)
+
+    apply = Reset.apply
+
+    def recording_apply(self):
+        fired.append(updates[0])
+        apply(self)
+
+    monkeypatch.setattr(sac, "update", counting_update)
+    monkeypatch.setattr(Reset, "apply", recording_apply)
+    reset = dataclasses.replace(sac.Args().reset, every=100, at=(1001, 1175), start=1001, unit="step")
+    summary = sac.main(
+        tiny_args(tmp_path, replay_ratio=2.0, diagnostics_every=0, eval_every=1200, reset=reset)
+    )
+    steps = [1001, 1100, 1175, 1200]
+    assert summary["updates"] == 400 and summary["interventions"] == {"reset": len(steps)}
+    assert fired == [2 * (step - 1000) for step in steps]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(summary["run_dir"])
+    events.Reload()
+    assert [e.step for e in events.Scalars("interventions/reset")] == steps
+
+
 # ----------------------------------------------------------------------------- resume
 
 
@@ -295,7 +362,10 @@ RESUME_SETTINGS = dict(
     diagnostics_every=400,
     log_every=200,
     checkpoint_every=700,
-    reset=ResetConfig(every=600, modules=("all",)),
+    # Both schedule units, each firing before and after the interruptions: steps 600, 1200 and updates
+    # 500, 1000 (agent steps 900, 1400).
+    reset=dataclasses.replace(sac.Args().reset, every=600, unit="step"),  # the whole agent
+    shrink_perturb=dataclasses.replace(sac.Args().shrink_perturb, every=500),  # actor and critic
 )
 
 
@@ -314,13 +384,23 @@ def _flags(args: sac.Args) -> list[str]:
     ):  # fmt: skip
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     flags += ["--hidden-dims", *map(str, args.hidden_dims)]
-    return flags + ["--reset.every", str(args.reset.every), "--reset.modules", *args.reset.modules]
+    flags += ["--reset.every", str(args.reset.every), "--reset.unit", args.reset.unit]
+    return flags + ["--shrink-perturb.every", str(args.shrink_perturb.every)]
+
+
+def eval_scalars(run_dir: str | Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("eval/episodic_return")]
 
 
 def test_killed_and_resumed_run_gives_the_same_evaluations(tmp_path, reference_run):
     reference = reference_run
     args = tiny_args(tmp_path / "killed", **RESUME_SETTINGS)
-    # SIGKILL right after the first checkpoint (step 700, mid-episode: resuming replays the episode).
+    # SIGKILL after the first checkpoint (step 700, mid-episode: resuming replays the episode) and after
+    # the evaluation of step 800, which the resumed run must drop from eval.csv and TensorBoard and redo.
     process = subprocess.Popen(_agent_command(*_flags(args)), env=_env(), stderr=subprocess.PIPE, text=True)
     runs = Path(args.run_dir)
     while not runs.exists() or not any(runs.iterdir()):
@@ -328,9 +408,16 @@ def test_killed_and_resumed_run_gives_the_same_evaluations(tmp_path, reference_r
         time.sleep(0.01)
     [run_dir] = runs.iterdir()
     _wait_for(run_dir / "checkpoint.pt", process)
+    start = time.time()
+    while not eval_rows(run_dir):
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() - start < 120, "no evaluation row appeared"
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not (run_dir / "result.json").exists()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == 700
+    assert [int(r["step"]) for r in eval_rows(run_dir)] == [800]  # written after the checkpoint
     # --resume alone: the saved config gives every other flag.
     finished = subprocess.run(
         _agent_command("--resume", str(run_dir)), env=_env(), capture_output=True, text=True, timeout=300
@@ -338,9 +425,11 @@ def test_killed_and_resumed_run_gives_the_same_evaluations(tmp_path, reference_r
     assert finished.returncode == 0, finished.stderr
     assert len(eval_rows(run_dir)) == 2
     assert eval_rows(run_dir) == eval_rows(reference["run_dir"])
+    assert eval_scalars(run_dir) == eval_scalars(reference["run_dir"])  # step 800 once, the new value
     result = json.loads((run_dir / "result.json").read_text())
     assert result["updates"] == reference["updates"] == 1200
-    assert result["interventions"] == reference["interventions"] == {"reset": 2}
+    expected = {"reset": 2, "shrink_perturb": 2}
+    assert result["interventions"] == reference["interventions"] == expected
     assert result["final_eval_return"] == reference["final_eval_return"]
 
 
@@ -365,11 +454,36 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_matches(tmp_path, refer
 
 def test_non_finite_loss_stops_the_run_with_a_checkpoint_and_a_message(tmp_path):
     args = tiny_args(tmp_path, critic_lr=1e38, log_every=1, diagnostics_every=0)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss losses/\w+ .* at step 10\d\d"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss losses/\w+ = .* first at update \d+"):
         sac.main(args)
     [run_dir] = (tmp_path / "runs").iterdir()
     assert (run_dir / rl.NONFINITE_CHECKPOINT_FILE).is_file()
     assert not (run_dir / "result.json").exists()
+
+
+def test_the_first_non_finite_update_is_named_even_when_detected_later(tmp_path, monkeypatch):
+    """One NaN actor loss at update 37 (agent step 1019 at replay ratio 2), finite before and after: the
+    log step 1100 names that update, its step and the loss."""
+    calls = [0]
+    update = sac.update
+
+    def update_with_one_nan(*args, **kwargs):
+        calls[0] += 1
+        metrics = update(*args, **kwargs)
+        if calls[0] == 37:
+            metrics["losses/actor"] = metrics["losses/actor"] * float("nan")
+        return metrics
+
+    monkeypatch.setattr(sac, "update", update_with_one_nan)
+    args = tiny_args(tmp_path, replay_ratio=2.0, diagnostics_every=0, eval_every=1200)
+    with pytest.raises(NonFiniteLossError) as error:
+        sac.main(args)
+    message = str(error.value)
+    assert message.startswith(
+        "non-finite loss losses/actor = nan first at update 37 (agent step 1019); detected at step 1100 "
+        "(update 200)"
+    ), message
+    assert calls[0] == 200  # the run went on to the log step, without a host sync per update
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -409,5 +523,58 @@ def test_resume_needs_a_checkpoint_and_matching_flags(tmp_path):
                 tmp_path, diagnostics_every=0, checkpoint_every=600, batch_size=64, resume=finished["run_dir"]
             )
         )
+    run_dir = Path(finished["run_dir"])
+    files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()}
     with pytest.raises(ValueError, match="already reached step 1200"):
         sac.main(tiny_args(tmp_path, diagnostics_every=0, checkpoint_every=600, resume=finished["run_dir"]))
+    # Refused before anything in the run directory was touched: no new events file, eval.csv as it was.
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()} == files
+
+
+def _signal_during_evaluation(monkeypatch, at_call: int) -> list:
+    """Make the ``at_call``-th evaluation receive SIGTERM just before its first env step."""
+    calls = []
+    evaluate = rl.evaluate
+
+    def evaluate_then_signal(policy, env, episodes, should_stop=None):
+        calls.append(episodes)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(policy, env, episodes, should_stop)
+
+    monkeypatch.setattr(rl, "evaluate", evaluate_then_signal)
+    return calls
+
+
+def test_sigterm_during_an_evaluation_stops_at_once_and_the_resumed_run_redoes_it(
+    tmp_path, monkeypatch, reference_run
+):
+    reference = reference_run
+    args = tiny_args(tmp_path, **dict(RESUME_SETTINGS, checkpoint_every=0))
+    calls = _signal_during_evaluation(monkeypatch, at_call=1)  # the evaluation of step 800
+    stopped = sac.main(args)
+    assert stopped["interrupted"] == "SIGTERM" and stopped["steps"] == 800 and len(calls) == 1
+    run_dir = Path(stopped["run_dir"])
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["global_step"] == 800 and checkpoint["step_pending"]
+    assert eval_rows(run_dir) == []  # the abandoned evaluation wrote nothing
+    monkeypatch.undo()
+    resumed = sac.main(dataclasses.replace(args, resume=str(run_dir)))
+    assert resumed["updates"] == 1200
+    assert resumed["interventions"] == reference["interventions"] == {"reset": 2, "shrink_perturb": 2}
+    assert eval_rows(run_dir) == eval_rows(reference["run_dir"])
+
+
+def test_resuming_a_finished_run_deletes_its_stale_result(tmp_path, monkeypatch):
+    settings = dict(diagnostics_every=0, checkpoint_every=600, eval_every=600)
+    finished = sac.main(tiny_args(tmp_path, **settings))
+    run_dir = Path(finished["run_dir"])
+    assert (run_dir / "result.json").is_file()
+    _signal_during_evaluation(monkeypatch, at_call=1)  # stop the continued run at its evaluation of 1800
+    stopped = sac.main(tiny_args(tmp_path, **settings, total_steps=2400, resume=str(run_dir)))
+    assert stopped["interrupted"] == "SIGTERM" and stopped["steps"] == 1800
+    assert not (run_dir / "result.json").exists()  # the run has not finished any more
+    monkeypatch.undo()
+    done = sac.main(tiny_args(tmp_path, **settings, total_steps=2400, resume=str(run_dir)))
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == done["steps"] == 2400
+    assert [int(r["step"]) for r in eval_rows(run_dir)] == [600, 1200, 1800, 2400]
