@@ -26,7 +26,7 @@ from pathlib import Path
 
 import tyro
 
-from plasticrl.supervised import ContinualConfig, RunInterrupted, continual
+from plasticrl.supervised import ContinualConfig, continual, run_cli
 
 
 @dataclass
@@ -78,7 +78,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except RunInterrupted as stopped:
-        raise SystemExit(str(stopped)) from None
+    run_cli(main, lambda: tyro.cli(Args))

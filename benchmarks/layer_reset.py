@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import tyro
 
-from plasticrl.supervised import WARM_START_PRESETS, LayerResetConfig, RunInterrupted, arms_table, layer_reset
+from plasticrl.supervised import WARM_START_PRESETS, LayerResetConfig, arms_table, layer_reset, run_cli
 
 
 @dataclass
@@ -44,13 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
         elif token.startswith("--preset="):
             preset = token.split("=", 1)[1]
     if preset not in WARM_START_PRESETS:
-        raise SystemExit(f"--preset {preset!r}: choose one of {', '.join(WARM_START_PRESETS)}")
+        raise ValueError(f"--preset {preset!r}: choose one of {', '.join(WARM_START_PRESETS)}")
     defaults = {**WARM_START_PRESETS[preset], "network": "resnet18", "preset": preset}
     return tyro.cli(Args, default=Args(**defaults), args=argv)
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except RunInterrupted as stopped:
-        raise SystemExit(str(stopped)) from None
+    run_cli(main, parse_args)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import tyro
 
-from plasticrl.supervised import MultiStageConfig, RunInterrupted, arms_table, multi_stage
+from plasticrl.supervised import MultiStageConfig, arms_table, multi_stage, run_cli
 
 
 @dataclass
@@ -32,7 +32,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except RunInterrupted as stopped:
-        raise SystemExit(str(stopped)) from None
+    run_cli(main, lambda: tyro.cli(Args))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import tyro
 
-from plasticrl.supervised import RunInterrupted, SmoothTransitionConfig, arms_table, smooth_transition
+from plasticrl.supervised import SmoothTransitionConfig, arms_table, run_cli, smooth_transition
 
 
 @dataclass
@@ -30,7 +30,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except RunInterrupted as stopped:
-        raise SystemExit(str(stopped)) from None
+    run_cli(main, lambda: tyro.cli(Args))

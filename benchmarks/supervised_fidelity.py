@@ -33,10 +33,10 @@ from plasticrl.interventions import L2InitConfig
 from plasticrl.supervised import (
     WARM_START_PRESETS,
     ContinualConfig,
-    RunInterrupted,
     WarmStartConfig,
     arms_table,
     continual,
+    run_cli,
     sweep_arm,
     warm_start,
 )
@@ -262,7 +262,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Args))
-    except RunInterrupted as stopped:
-        raise SystemExit(str(stopped)) from None
+    run_cli(main, lambda: tyro.cli(Args))

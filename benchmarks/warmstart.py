@@ -19,8 +19,10 @@ last 100 epochs). Other flags override the preset's values.
 Without ``--sweep`` the warm arm uses the intervention flags given (``--shrink-perturb.every 1`` shrinks
 and perturbs at the phase switch). ``--sweep`` runs fresh, plain warm and one warm arm per
 ``--sweep-arms`` entry, for every dataset × network × optimizer combination, and prints one Markdown table
-per combination plus one in the layout of Ash & Adams' Table 1. Run directories land in ``--run-dir``;
-``--resume`` reuses finished arms and continues unfinished ones.
+per combination plus one in the layout of Ash & Adams' Table 1 (rows ResNet SGD, ResNet Adam, MLP SGD,
+MLP Adam, columns CIFAR-10, SVHN, CIFAR-100, then the others). Every arm × network combination is checked
+before anything trains. Run directories land in ``--run-dir``; ``--resume`` reuses finished arms and
+continues unfinished ones. Expected errors (missing data, bad values) print ``error: ...`` and exit 2.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ from pathlib import Path
 import tyro
 
 from plasticrl.supervised import (
+    NETWORK_NAMES,
     SWEEP_ARMS,
     WARM_START_PRESETS,
-    RunInterrupted,
     WarmStartConfig,
     arms_table,
+    check_sweep,
+    dataset_names,
+    run_cli,
     sweep_arm,
     table1,
     warm_start,
@@ -71,6 +76,16 @@ class Args(WarmStartConfig):
         for name in self.sweep_arms:
             if name not in SWEEP_ARMS or name == "warm":
                 raise ValueError(f"unknown sweep arm {name!r}; choose from {', '.join(SWEEP_ARMS[1:])}")
+        choices = {
+            "sweep_datasets": dataset_names(),
+            "sweep_networks": NETWORK_NAMES,
+            "sweep_optimizers": ("adam", "adamw", "sgd"),
+        }
+        for field, allowed in choices.items():
+            for name in getattr(self, field):
+                if name not in allowed:
+                    flag = "--" + field.replace("_", "-")
+                    raise ValueError(f"{flag} {name!r}: choose from {', '.join(allowed)}")
 
 
 def _study_config(args: Args) -> WarmStartConfig:
@@ -93,8 +108,12 @@ def main(args: Args) -> dict:
         tables = arms_table(summary)
         summaries = {"single": summary}
     else:
+        combinations = _combinations(args)
+        # Every arm on every network is built once before anything trains (a clear error, not one after
+        # hours of earlier combinations).
+        check_sweep(config, args.sweep_arms, [network for _, network, _ in combinations])
         summaries, by_combination, blocks = {}, {}, []
-        for dataset, network, optimizer in _combinations(args):
+        for dataset, network, optimizer in combinations:
             combo = dataclasses.replace(config, dataset=dataset, network=network, optimizer=optimizer)
             arms = [(name, sweep_arm(combo, name)) for name in ("warm", *args.sweep_arms)]
             summary = warm_start(combo, arms)
@@ -123,7 +142,7 @@ def _preset_in(argv: Sequence[str]) -> str:
         else:
             continue
         if name not in WARM_START_PRESETS:
-            raise SystemExit(f"--preset {name!r}: choose one of {', '.join(WARM_START_PRESETS)}")
+            raise ValueError(f"--preset {name!r}: choose one of {', '.join(WARM_START_PRESETS)}")
         return name
     return "none"
 
@@ -136,7 +155,4 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except RunInterrupted as stopped:
-        raise SystemExit(str(stopped)) from None
+    run_cli(main, parse_args)

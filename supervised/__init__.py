@@ -2,12 +2,14 @@
 
 Datasets as tensors (:mod:`.datasets`), the studies' index constructions (:mod:`.splits`), a training
 loop with phases, interventions, diagnostics and checkpoints (:mod:`.train`), the protocols as functions
-(:mod:`.protocols`) and tables with confidence intervals (:mod:`.stats`, :mod:`.report`). The runnable
-experiments are ``benchmarks/warmstart.py``, ``continual.py``, ``multi_stage.py``,
-``smooth_transition.py`` and ``layer_reset.py``.
+(:mod:`.protocols`), tables with confidence intervals (:mod:`.stats`, :mod:`.report`) and the command
+lines' error handling (:mod:`.cli`). The runnable experiments are ``benchmarks/warmstart.py``,
+``continual.py``, ``multi_stage.py``, ``smooth_transition.py`` and ``layer_reset.py``.
 """
 
+from .cli import USER_ERRORS, is_user_error, run_cli
 from .config import (
+    NETWORK_NAMES,
     WARM_START_PRESETS,
     CommonConfig,
     ContinualConfig,
@@ -21,6 +23,7 @@ from .config import (
     SupervisedShrinkPerturbConfig,
     WarmStartConfig,
     interventions_tag,
+    network_options_error,
     without_interventions,
 )
 from .datasets import (
@@ -42,6 +45,8 @@ from .models import build_network, check_network_input, flat_inputs, optimizer_f
 from .protocols import (
     SWEEP_ARMS,
     ArmInputs,
+    check_arms,
+    check_sweep,
     continual,
     layer_reset,
     multi_stage,
@@ -53,7 +58,7 @@ from .protocols import (
     sweep_arm,
     warm_start,
 )
-from .report import arms_table, table1
+from .report import arms_table, table1, table1_order
 from .schedule import InterventionSchedule, build_interventions
 from .splits import (
     MixedSampler,
@@ -74,8 +79,10 @@ from .train import Phase, RunInterrupted, Trainer, TrainSettings, evaluate_accur
 
 __all__ = [
     "DATASETS",
+    "NETWORK_NAMES",
     "OFFLINE_DATASETS",
     "SWEEP_ARMS",
+    "USER_ERRORS",
     "WARM_START_PRESETS",
     "ArmInputs",
     "ArrayDataset",
@@ -104,8 +111,10 @@ __all__ = [
     "arms_table",
     "build_interventions",
     "build_network",
+    "check_arms",
     "check_fraction",
     "check_network_input",
+    "check_sweep",
     "class_incremental_tasks",
     "continual",
     "corrupt_labels",
@@ -116,11 +125,13 @@ __all__ = [
     "flat_inputs",
     "holdout_validation",
     "interventions_tag",
+    "is_user_error",
     "layer_reset",
     "load_dataset",
     "mean_ci",
     "multi_stage",
     "multi_stage_splits",
+    "network_options_error",
     "network_tag",
     "optimizer_for",
     "paired_gap",
@@ -132,12 +143,14 @@ __all__ = [
     "read_svhn_mat",
     "round_half_up",
     "run_arm",
+    "run_cli",
     "smooth_transition",
     "stratified_split",
     "summarize_arms",
     "sweep_arm",
     "t_quantile",
     "table1",
+    "table1_order",
     "task_permutation",
     "verify_md5",
     "warm_start",

@@ -29,6 +29,7 @@ from plasticrl.interventions import (
     ordered_configs,
     run_tag,
 )
+from plasticrl.networks import ACTIVATION_NAMES, activation_width_factor
 
 from .splits import check_fraction
 
@@ -44,8 +45,10 @@ __all__ = [
     "SupervisedResetConfig",
     "SupervisedShrinkPerturbConfig",
     "WARM_START_PRESETS",
+    "NETWORK_NAMES",
     "WarmStartConfig",
     "interventions_tag",
+    "network_options_error",
     "without_interventions",
 ]
 
@@ -117,6 +120,47 @@ class SupervisedInjectionConfig(InjectionConfig):
         return _unit_tag(super().tag(), self.unit)
 
 
+# ----------------------------------------------------------------------------- network options
+
+NETWORK_NAMES = ("mlp", "linear", "resnet18")
+
+
+def network_options_error(
+    network: str, activation: str = "relu", layer_norm: bool = False, keep_param_count: bool = False
+) -> str | None:
+    """Why ``network`` cannot take these options (a message naming what is allowed), or None.
+
+    ``--layer-norm`` and ``--keep-param-count`` are MLP options; ``resnet18`` has BatchNorm and needs an
+    activation that keeps the width (its residual sums), so CReLU is refused; ``linear`` has no hidden
+    layer, so it takes no activation (other than the default relu, which is unused), LayerNorm or CReLU.
+    """
+    if network not in NETWORK_NAMES:
+        return f"unknown network {network!r}; choose {', '.join(NETWORK_NAMES)}"
+    if activation not in ACTIVATION_NAMES:
+        return f"unknown activation {activation!r}; choose {', '.join(ACTIVATION_NAMES)}"
+    if network == "resnet18":
+        if layer_norm:
+            return (
+                "--layer-norm is an MLP option (LayerNorm before each hidden activation); resnet18 has "
+                "BatchNorm and takes no LayerNorm (use --network mlp)"
+            )
+        if activation_width_factor(activation) != 1:
+            return (
+                f"resnet18 needs an activation that keeps the width (its residual sums); {activation!r} "
+                "does not (crelu is for --network mlp)"
+            )
+        if keep_param_count:
+            return "--keep-param-count is an MLP option (CReLU widths); resnet18 does not take it"
+    if network == "linear":
+        if activation == "crelu":
+            return "a linear model has no hidden activation to make CReLU (use --network mlp)"
+        if activation != "relu":
+            return f"a linear model has no hidden activation; --activation {activation} needs --network mlp"
+        if layer_norm:
+            return "a linear model has no hidden layer to normalise; --layer-norm needs --network mlp"
+    return None
+
+
 # ----------------------------------------------------------------------------- shared settings
 
 
@@ -149,9 +193,9 @@ class CommonConfig:
     activation: str = "relu"
     """hidden activation: relu, crelu, leaky_relu, elu, gelu, silu, tanh, sigmoid (resnet18: not crelu)"""
     layer_norm: bool = False
-    """MLP: LayerNorm before each hidden activation"""
+    """MLP only: LayerNorm before each hidden activation (an error for resnet18, which has BatchNorm)"""
     keep_param_count: bool = False
-    """MLP with crelu: shrink hidden widths to keep the ReLU net's parameter count"""
+    """MLP only, with crelu: shrink hidden widths to keep the ReLU net's parameter count"""
     blocks_per_stage: tuple[int, int, int, int] = (2, 2, 2, 2)
     """resnet18: residual blocks per stage (depth scaling, Berariu et al.)"""
     base_width: int = 64
@@ -240,8 +284,13 @@ class CommonConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ValueError("grad_clip, weight_decay and momentum must be >= 0")
-        if self.network == "linear" and self.activation == "crelu":
-            raise ValueError("a linear model has no hidden activation to make CReLU")
+        problem = network_options_error(self.network, self.activation, self.layer_norm, self.keep_param_count)
+        if problem:
+            raise ValueError(problem)
+        if self.network == "mlp" and not self.hidden_dims:
+            raise ValueError(
+                "--network mlp needs --hidden-dims (use --network linear for logistic regression)"
+            )
 
 
 def interventions_tag(config: CommonConfig) -> str:

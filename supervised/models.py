@@ -9,7 +9,7 @@ from torch import nn
 
 from plasticrl.networks import MLP, ResNet18
 
-from .config import CommonConfig
+from .config import CommonConfig, network_options_error
 
 __all__ = ["build_network", "check_network_input", "flat_inputs", "optimizer_for"]
 
@@ -23,8 +23,14 @@ def build_network(config: CommonConfig, image_shape: tuple[int, int, int], num_c
     """The network named by ``config.network`` for images of ``image_shape`` and ``num_classes`` outputs.
 
     ``mlp`` and ``linear`` take the flattened image (``in_dim = C·H·W``); ``linear`` is logistic regression
-    (an MLP without hidden layers). ``resnet18`` is the CIFAR ResNet-18 with modules 1–6.
+    (an MLP without hidden layers). ``resnet18`` is the CIFAR ResNet-18 with modules 1–6. Options a network
+    does not take (``layer_norm`` or CReLU on ``resnet18``, …) raise ValueError, never pass silently.
     """
+    problem = network_options_error(
+        config.network, config.activation, config.layer_norm, config.keep_param_count
+    )
+    if problem:
+        raise ValueError(problem)
     if config.network == "resnet18":
         return ResNet18(
             num_classes,
@@ -36,8 +42,6 @@ def build_network(config: CommonConfig, image_shape: tuple[int, int, int], num_c
     hidden = () if config.network == "linear" else tuple(config.hidden_dims)
     if config.network == "mlp" and not hidden:
         raise ValueError("--network mlp needs --hidden-dims (use --network linear for logistic regression)")
-    if config.network not in ("mlp", "linear"):
-        raise ValueError(f"unknown network {config.network!r}; choose mlp, linear or resnet18")
     return MLP(
         math.prod(image_shape),
         hidden,

@@ -7,10 +7,13 @@
 - :func:`continual` — permuted inputs / random labels / class-incremental tasks, per-task online accuracy.
 
 Every arm of every seed is one run directory (DESIGN §5),
-``<run_dir>/<protocol>__<dataset>__<tag>__seed<s>__<time>``, with ``config.json``, TensorBoard events,
-``eval.csv`` (``mean_return`` = test accuracy in [0, 1]), ``result.json`` and, when asked,
-``checkpoint.pt``. With ``resume``, arms whose run directory with the same settings already holds
-``result.json`` are read back instead of rerun, and unfinished ones continue from their checkpoint.
+``<run_dir>/<protocol>__<dataset>__<tag>__seed<s>__<time>``, with ``config.json`` (every resolved
+setting), TensorBoard events, ``eval.csv`` (``mean_return`` = test accuracy in [0, 1]), ``result.json``
+and, when asked, ``checkpoint.pt``. With ``resume``, arms whose run directory with the same settings
+(device, threads, run directory, checkpoint and logging intervals aside) already holds ``result.json``
+are read back instead of rerun, and unfinished ones continue from their checkpoint. Every arm's network,
+optimizer and interventions are built once before any arm trains (:func:`check_arms`,
+:func:`check_sweep`), so a combination that cannot run fails before hours of training, not after.
 An arm's *score* is the mean test accuracy of its last ``final_window`` evaluations in its last phase.
 Gaps are fresh − arm per seed (paired), with Student-t 95% intervals over seeds.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,8 @@ from .train import Phase, Trainer, TrainSettings, evaluate_accuracy
 __all__ = [
     "SWEEP_ARMS",
     "ArmInputs",
+    "check_arms",
+    "check_sweep",
     "continual",
     "layer_reset",
     "multi_stage",
@@ -79,7 +84,8 @@ __all__ = [
     "warm_start",
 ]
 
-# Settings that do not change what an arm computes: left out of its identity (resume matching).
+# Settings that do not change what an arm computes: written to config.json, but left out when a run
+# directory is matched to an arm (resume).
 _VOLATILE = (
     "seeds",
     "threads",
@@ -90,6 +96,10 @@ _VOLATILE = (
     "checkpoint_every",
     "log_every",
     "eval_batch_size",
+    # output paths of the command lines (older continual runs saved them with the settings)
+    "plot",
+    "json_out",
+    "table_out",
 )
 
 
@@ -148,14 +158,15 @@ def network_tag(config: CommonConfig) -> str:
 
 
 def _arm_identity(protocol: str, arm: str, seed: int, config: CommonConfig, extra: dict | None) -> dict:
-    settings = {k: v for k, v in config_dict(config).items() if k not in _VOLATILE}
-    return {"protocol": protocol, "arm": arm, "seed": seed, "settings": settings, **(extra or {})}
+    """What ``config.json`` records as the run's ``args``: every resolved setting (DESIGN §5)."""
+    return {"protocol": protocol, "arm": arm, "seed": seed, "settings": config_dict(config), **(extra or {})}
 
 
 def _active_settings(identity: dict) -> dict:
-    """``identity`` without the settings of interventions that are off: their parameters change nothing,
-    so a changed default of an unused intervention does not make a finished arm look different."""
-    settings = dict(identity.get("settings", {}))
+    """``identity`` as compared for resuming: without the volatile settings (device, threads, …) and without
+    the settings of interventions that are off: their parameters change nothing, so a changed default of an
+    unused intervention does not make a finished arm look different."""
+    settings = {k: v for k, v in identity.get("settings", {}).items() if k not in _VOLATILE}
     for name, value in list(settings.items()):
         if not isinstance(value, dict):
             continue
@@ -209,18 +220,19 @@ def run_arm(
     identity: dict | None = None,
     final_window: int = 1,
     reset_optimizer: bool = True,
+    tag_parts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train one arm for one seed in its own run directory and return its result (also ``result.json``).
 
     The network is drawn after ``seed_everything(seed)``, so every arm of a seed starts from the same
     initial weights (paired comparisons). ``make_phases(generator)`` builds the phases with the arm's data
     generator; ``extra_interventions(network, optimizer)`` adds interventions bound by reference (layer
-    resets); ``identity`` adds to what makes two arms the same for resuming.
+    resets); ``identity`` adds to what makes two arms the same for resuming; ``tag_parts`` are run-tag
+    fragments of settings the phases carry (the phase-2 learning-rate multiplier).
     """
     dataset = inputs.dataset
-    tag = "+".join(
-        part for part in (arm, network_tag(config), interventions_tag(config)) if part and part != "baseline"
-    )
+    parts = (arm, *tag_parts, network_tag(config), interventions_tag(config))
+    tag = "+".join(part for part in parts if part and part != "baseline")
     args = _arm_identity(protocol, arm, seed, config, identity)
     run_dir = Path(config.run_dir)
     found = _find_run(run_dir, protocol, dataset.name, tag, seed, args) if config.resume else None
@@ -308,6 +320,56 @@ def run_arm(
         run.close()
         trainer.interventions.close()
     return result
+
+
+# ----------------------------------------------------------------------------- checks before training
+
+ExtraInterventions = Callable[[nn.Module, torch.optim.Optimizer], list[tuple[Intervention, str]]]
+
+
+def _dry_build(
+    config: CommonConfig,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    example: torch.Tensor | None = None,
+    dataset: str = "",
+    extra_interventions: ExtraInterventions | None = None,
+) -> None:
+    """Build ``config``'s network, optimizer and interventions on the CPU as :func:`run_arm` would, and run
+    the network on two examples; nothing is trained or written, and the global RNG state is kept."""
+    with torch.random.fork_rng(devices=[]):
+        network = build_network(config, image_shape, num_classes)
+        x = example if example is not None else torch.zeros((2, *image_shape))
+        x = x.flatten(1) if flat_inputs(config) else x
+        check_network_input(network, x, num_classes, dataset)
+        optimizer = optimizer_for(config, network)
+        extra = extra_interventions(network, optimizer) if extra_interventions else ()
+        build_interventions(
+            config, network, optimizer, batch_fn=lambda: x, example_inputs=x, extra=extra
+        ).close()
+
+
+def check_arms(
+    arms: Sequence[tuple[str, CommonConfig]],
+    dataset: ArrayDataset | None = None,
+    *,
+    image_shape: tuple[int, int, int] = (3, 32, 32),
+    num_classes: int = 10,
+    extra_interventions: Mapping[str, ExtraInterventions] | None = None,
+) -> None:
+    """Build every arm's network, optimizer and interventions once (on ``dataset``'s first examples, else
+    on zeros of ``image_shape``) before anything trains; ValueError naming the arm and the network of the
+    first that cannot run (a network option or intervention the network does not take, a shape mismatch).
+    ``extra_interventions`` maps arm names to their extra interventions (layer resets)."""
+    example, name = None, ""
+    if dataset is not None:
+        image_shape, num_classes, name = dataset.image_shape, dataset.num_classes, dataset.name
+        example = dataset.x_train[:2].cpu()
+    for arm, config in arms:
+        try:
+            _dry_build(config, image_shape, num_classes, example, name, (extra_interventions or {}).get(arm))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"arm {arm!r} cannot run on --network {config.network}: {error}") from error
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -426,6 +488,53 @@ def sweep_arm(config: WarmStartConfig, name: str) -> WarmStartConfig:
     raise ValueError(f"unknown sweep arm {name!r}; choose from {', '.join(SWEEP_ARMS)}")
 
 
+def _sweep_arm_problem(config: WarmStartConfig, name: str) -> str | None:
+    try:
+        _dry_build(sweep_arm(config, name), (3, 32, 32), 10)
+    except (ValueError, TypeError) as error:
+        return str(error)
+    return None
+
+
+def check_sweep(config: WarmStartConfig, arms: Sequence[str], networks: Sequence[str] = ()) -> None:
+    """Check every sweep arm on every network (default: ``config.network``) before anything trains, by
+    building each arm's network, optimizer and interventions once on zeros. One ValueError lists every
+    combination that cannot run, why, and the arms that do run on that network."""
+    unknown = [name for name in arms if name not in SWEEP_ARMS]
+    if unknown:
+        raise ValueError(
+            f"unknown sweep arm(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SWEEP_ARMS[1:])}"
+        )
+    problems = []
+    for network in dict.fromkeys(networks or (config.network,)):
+        try:
+            base = dataclasses.replace(config, network=network)
+        except ValueError as error:
+            problems.append(f"--network {network} with these settings: {error}")
+            continue
+        failed = {name: why for name in arms if (why := _sweep_arm_problem(base, name))}
+        if not failed:
+            continue
+        allowed = [
+            a
+            for a in SWEEP_ARMS[1:]
+            if a not in failed and (a in arms or _sweep_arm_problem(base, a) is None)
+        ]
+        problems.append(
+            f"sweep arm(s) {', '.join(failed)} cannot run on network {network!r} (sweep arms that run on "
+            f"{network}: {', '.join(allowed) or 'none'}):"
+            + "".join(f"\n  {name}: {why}" for name, why in failed.items())
+        )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def _phase2_lr_tag(config: WarmStartConfig) -> tuple[str, ...]:
+    """Run-tag fragment of a warm arm's phase-2 learning-rate multiplier, when it is not 1."""
+    multiplier = config.phase2_lr_multiplier
+    return () if multiplier == 1 else (f"phase2-lrx{multiplier:g}",)
+
+
 def warm_start(
     config: WarmStartConfig,
     arms: Sequence[tuple[str, WarmStartConfig]] | None = None,
@@ -447,6 +556,7 @@ def warm_start(
         raise ValueError(f"arm names must be unique and not 'fresh', got {names}")
     epochs = config.epochs()
     fresh_config = without_interventions(config)
+    check_arms([("fresh", fresh_config), *arms], dataset)
     results: dict[str, list[dict]] = {"fresh": [], **{name: [] for name in names}}
     for seed in config.seeds:
         split = _split_for(config, dataset, seed)
@@ -472,6 +582,7 @@ def warm_start(
                 identity={"fraction": config.fraction, "label_noise": config.label_noise},
                 final_window=arm_config.final_window,
                 reset_optimizer=arm_config.reset_optimizer,
+                tag_parts=_phase2_lr_tag(arm_config),
             )
             results[name].append(result)
     baseline = "warm" if "warm" in names else names[0]
@@ -505,6 +616,11 @@ def layer_reset(config: LayerResetConfig, *, dataset: ArrayDataset | None = None
     epochs = config.epochs()
     inputs = ArmInputs.of(config, dataset)
     fresh_config = without_interventions(config)
+    check_arms(
+        [("fresh", fresh_config), *((name, config) for name in names)],
+        dataset,
+        extra_interventions={name: _layer_reset_builder(k) for name, k in zip(names, ks)},
+    )
     results: dict[str, list[dict]] = {"fresh": [], **{name: [] for name in names}}
     for seed in config.seeds:
         split = _split_for(config, dataset, seed)
@@ -531,6 +647,7 @@ def layer_reset(config: LayerResetConfig, *, dataset: ArrayDataset | None = None
                 identity={"reset_from": k},
                 final_window=config.final_window,
                 reset_optimizer=config.reset_optimizer,
+                tag_parts=_phase2_lr_tag(config),
             )
             results[name].append(result)
     summary = summarize_arms(_require_scores(results))
@@ -548,6 +665,7 @@ def multi_stage(config: MultiStageConfig, *, dataset: ArrayDataset | None = None
     dataset = dataset if dataset is not None else prepare_data(config)
     inputs = ArmInputs.of(config, dataset)
     fresh_config = without_interventions(config)
+    check_arms([("fresh", fresh_config), ("staged", config)], dataset)
     results: dict[str, list[dict]] = {"fresh": [], "staged": []}
     sizes = []
     for seed in config.seeds:
@@ -634,6 +752,7 @@ def smooth_transition(
     inputs = ArmInputs.of(config, dataset)
     fresh_config = without_interventions(config)
     arm = f"p{config.p:g}" + (f"-{config.p_final:g}" if config.p_final is not None else "")
+    check_arms([("fresh", fresh_config), (arm, config)], dataset)
     results: dict[str, list[dict]] = {"fresh": [], "smooth": []}
     for seed in config.seeds:
         generator = torch.Generator().manual_seed(seed)
@@ -735,6 +854,7 @@ def continual(config: ContinualConfig, *, dataset: ArrayDataset | None = None) -
     examples of every class seen so far. ``examples_per_task`` > 0 fixes a stratified subset per seed.
     """
     dataset = dataset if dataset is not None else prepare_data(config)
+    check_arms([(config.task, config)], dataset)
     inputs = ArmInputs.of(config, dataset)
     per_seed = []
     for seed in config.seeds:

@@ -228,10 +228,12 @@ class MixedSampler:
         check_fraction("p (probability of drawing from the full set)", p)
         g = self.generator
         device = self.subset.device
-        from_full = torch.rand(batch_size, generator=g) < p
-        full = torch.randint(self.full_size, (batch_size,), generator=g)
-        sub = self.subset.cpu()[torch.randint(self.subset.numel(), (batch_size,), generator=g)]
-        return torch.where(from_full, full, sub).to(device)
+        # The draws come from the run's seeded CPU generator (the same stream on every device); only the
+        # batch-sized draws move to the subset's device, never the subset itself.
+        from_full = (torch.rand(batch_size, generator=g) < p).to(device)
+        full = torch.randint(self.full_size, (batch_size,), generator=g).to(device)
+        positions = torch.randint(self.subset.numel(), (batch_size,), generator=g).to(device)
+        return torch.where(from_full, full, self.subset[positions])
 
 
 def task_permutation(seed: int, task: int, num_features: int) -> torch.Tensor:

