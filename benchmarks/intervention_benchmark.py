@@ -5,14 +5,19 @@ head of 18 × 51 outputs (C51 over 18 actions, as BBF's distributional head), a 
 (lr 1e-4, eps 1.5e-4, weight decay 0.1; BBF). Probe batch (256, 4, 84, 84) as dopamine's ReDo
 statistics batch.
 
-Reported, as the median of ``--repeats`` runs after one warm-up:
+Reported, as the median of ``--repeats`` runs after one warm-up, in one table:
 
+- one update (forward + backward + AdamW step at batch 32; cross-entropy on the C51 logits), for scale;
 - one full diagnostics pass (:func:`plasticrl.interventions.measure` on the probe batch);
-- one update (forward + backward + AdamW step at batch 32; cross-entropy on the C51 logits);
-- each intervention applied once (ReDo with and without its scoring forward on the probe batch);
+- each intervention once: reset (head, all) with target sync; shrink & perturb (head, encoder, all) with
+  the target's 'same' rule; hare & tortoise's EMA step and hare reset (+ target sync); L2-init penalty +
+  its backward; ReDo's scoring forward on the probe batch, its recycling given the masks, and both;
+  plasticity injection (once, + target); continual backprop's per-update step (utility update only, and
+  with one replacement in every layer) and its forward hooks' cost per training forward;
+- which exceed the 10 ms goal, and why;
 - the diagnostics' overhead at several intervals: pass time / (interval × update time). Goal ≤ 2 %.
 
-    python benchmarks/intervention_benchmark.py                  # about 3 minutes on 2 CPU cores
+    python benchmarks/intervention_benchmark.py --threads 1      # a few minutes on a CPU
     python benchmarks/intervention_benchmark.py --repeats 5 --device cuda
 """
 
@@ -26,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from plasticrl.interventions import (
     CBPConfig,
@@ -92,6 +98,9 @@ def make_update(net: ImpalaCNN, opt: torch.optim.Optimizer, batch: int, device: 
     return update
 
 
+GOAL_MS = 10.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,7 +109,10 @@ def main() -> None:
     parser.add_argument("--probe-batch", type=int, default=256)
     parser.add_argument("--update-batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     reps = args.repeats
 
@@ -110,50 +122,61 @@ def main() -> None:
     )
     update = make_update(net, opt, args.update_batch, device)
     params = sum(p.numel() for p in net.parameters())
+    head = sum(p.numel() for p in net.head.parameters())
+    dense = net.head.fc.weight
     print(
-        f"device {device}, torch threads {torch.get_num_threads()}, network parameters {params / 1e6:.1f} M"
-    )
-    head = sum(p.numel() for p in net.head.parameters()) / 1e6
-    print(f"  (head: {head:.1f} M, mostly the 15488→2048 dense layer)")
-
-    results: dict[str, float] = {}
-    results["update (fwd+bwd+AdamW, batch 32)"] = update_ms = median_ms(update, reps, device)
-    results[f"diagnostics pass (measure, probe {args.probe_batch})"] = diag_ms = median_ms(
-        lambda: measure(net, probe), reps, device
+        f"device {device}, torch threads {torch.get_num_threads()}, ImpalaCNN x4: {params / 1e6:.1f} M "
+        f"parameters ({head / 1e6:.1f} M in the head, {dense.numel() / 1e6:.1f} M in head.fc "
+        f"{dense.shape[1]}->{dense.shape[0]}), probe batch {args.probe_batch}, {reps} repeats"
     )
 
-    cfg_every = dict(every=1)
-    reset_head = Reset(ResetConfig(**cfg_every, modules=("head",)), net, [opt], [target])
-    reset_out = Reset(ResetConfig(**cfg_every, modules=("head.out",)), net, [opt], [target])
-    sp_encoder = ShrinkPerturb(
-        ShrinkPerturbConfig(**cfg_every, shrink_factor=0.5, perturb_factor=0.5, modules=("encoder",)),
-        net,
-        [opt],
-        [target],
-    )
-    sp_all = ShrinkPerturb(ShrinkPerturbConfig(**cfg_every, modules=("all",)), net, [opt], [target])
-    results["reset head (fc 2048 + out) + target sync"] = median_ms(reset_head.apply, reps, device)
-    results["reset last layer (head.out) + target sync"] = median_ms(reset_out.apply, reps, device)
-    results["shrink & perturb encoder (BBF 0.5/0.5) + target"] = median_ms(sp_encoder.apply, reps, device)
-    results["shrink & perturb whole network + target"] = median_ms(sp_all.apply, reps, device)
+    # (section, row) -> ms
+    rows: list[tuple[str, str, float]] = []
+
+    def add(section: str, row: str, ms: float) -> None:
+        rows.append((section, row, ms))
+        print(f"  ... {section} {row}: {ms:.1f} ms", flush=True)
+
+    update_ms = median_ms(update, reps, device)
+    add("reference", f"one update (fwd+bwd+AdamW, batch {args.update_batch})", update_ms)
+    diag_ms = median_ms(lambda: measure(net, probe), reps, device)
+    add("diagnostics", f"pass (measure, probe {args.probe_batch})", diag_ms)
+
+    every = dict(every=1)
+    for label, modules in (("head (fc + out)", ("head",)), ("all", ("all",))):
+        reset = Reset(ResetConfig(**every, modules=modules), net, [opt], [target])
+        add("reset", f"{label} + target sync", median_ms(reset.apply, reps, device))
+    for label, modules, factors in (
+        ("head", ("head",), (0.4, 0.1)),
+        ("encoder (BBF 0.5/0.5)", ("encoder",), (0.5, 0.5)),
+        ("all", ("all",), (0.4, 0.1)),
+    ):
+        cfg = ShrinkPerturbConfig(
+            **every, shrink_factor=factors[0], perturb_factor=factors[1], modules=modules
+        )
+        sp = ShrinkPerturb(cfg, net, [opt], [target])
+        add("shrink & perturb", f"{label} + target 'same'", median_ms(sp.apply, reps, device))
 
     ht = HareTortoise(HareTortoiseConfig(enabled=True, every=1), net, [opt], [target])
-    results["hare & tortoise: EMA (every update)"] = median_ms(ht.update_tortoise, reps, device)
-    results["hare & tortoise: hare reset + target sync"] = median_ms(ht.reset_hare, reps, device)
+    add("hare & tortoise", "EMA step (every update)", median_ms(ht.update_tortoise, reps, device))
+    add("hare & tortoise", "hare reset + target sync", median_ms(ht.reset_hare, reps, device))
 
     l2 = L2Init(L2InitConfig(enabled=True), net)
-    results["L2-init penalty, forward + backward"] = median_ms(lambda: l2.penalty().backward(), reps, device)
+    add("L2-init", "penalty + its backward", median_ms(lambda: l2.penalty().backward(), reps, device))
     net.zero_grad(set_to_none=True)
 
-    redo = ReDo(ReDoConfig(**cfg_every), net, lambda: probe, [opt], [target])
+    redo = ReDo(ReDoConfig(**every), net, lambda: probe, [opt], [target])
     with torch.no_grad():  # make ~10% of the dense units and of one block's units dead, so there is work
         net.head.fc.bias[::10] = -1e3
         net.encoder.stage1.blocks[0].conv1.bias[::10] = -1e3
     masks = redo.dormant_masks(probe)
     dormant = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    results[f"ReDo scoring forward only (probe {args.probe_batch}, {dormant}/{total} dormant)"] = median_ms(
-        lambda: redo.dormant_masks(probe), reps, device
+    drawn = sum(int(masks[g.name].sum()) * g.incoming.weight[0].numel() for g in redo.groups)
+    add(
+        "ReDo",
+        f"scoring forward (probe {args.probe_batch}; {dormant}/{total} dormant)",
+        median_ms(lambda: redo.dormant_masks(probe), reps, device),
     )
 
     def redo_recycle_only() -> None:
@@ -162,27 +185,51 @@ def main() -> None:
             net.encoder.stage1.blocks[0].conv1.bias[::10] = -1e3
         redo.recycle_masks(masks)
 
-    results["ReDo recycle given the masks (weights + moments + target)"] = median_ms(
-        redo_recycle_only, reps, device
+    add(
+        "ReDo",
+        f"recycling {dormant} units given the masks (+ moments, target)",
+        median_ms(redo_recycle_only, reps, device),
     )
-    results["ReDo full step (scoring forward + recycle)"] = median_ms(
-        lambda: redo.recycle(probe), reps, device
-    )
+    add("ReDo", "full step (scoring + recycling)", median_ms(lambda: redo.recycle(probe), reps, device))
 
     cbp = ContinualBackprop(CBPConfig(enabled=True, maturity_threshold=0), net, probe[:2], [opt], [target])
     x_train = probe[: args.update_batch]
 
-    def cbp_step() -> float:
+    def cbp_step(replace: bool) -> float:
         net(x_train)  # a training forward (with gradients) feeds the utilities; not timed
+        if replace:
+            for name in cbp.accumulated:
+                cbp.accumulated[name] = 1.0  # one unit due in every layer
         sync(device)
         start = time.perf_counter()
         cbp.generate_and_test()
         sync(device)
         return (time.perf_counter() - start) * 1e3
 
-    cbp_step()
-    results["continual backprop, per update (excl. the forward)"] = statistics.median(
-        cbp_step() for _ in range(reps)
+    for replace, label in (
+        (False, "step, utilities only"),
+        (True, f"step, 1 unit replaced in each of {len(cbp.groups)} layers"),
+    ):
+        cbp_step(replace)
+        add("continual backprop", label, statistics.median(cbp_step(replace) for _ in range(reps)))
+    # The hooks' own cost per training forward: call them on the activations of one forward.
+    outputs: dict[nn.Module, torch.Tensor] = {}
+    capture = [
+        g.activation.register_forward_hook(lambda m, _i, out: outputs.__setitem__(m, out)) for g in cbp.groups
+    ]
+    net(x_train)
+    for handle in capture:
+        handle.remove()
+    hooks = [(g.activation, g.activation._forward_hooks[h.id]) for g, h in zip(cbp.groups, cbp._handles)]
+
+    def run_hooks() -> None:
+        for module, hook in hooks:
+            hook(module, (), outputs[module])
+
+    add(
+        "continual backprop",
+        f"forward hooks, per training forward (batch {args.update_batch})",
+        median_ms(run_hooks, reps, device),
     )
     cbp.remove_hooks()
 
@@ -193,12 +240,54 @@ def main() -> None:
     start = time.perf_counter()
     injection.apply()
     sync(device)
-    results["plasticity injection into head (once) + target"] = (time.perf_counter() - start) * 1e3
+    add("plasticity injection", "into the head, once (+ target)", (time.perf_counter() - start) * 1e3)
 
-    width = max(len(k) for k in results) + 2
-    print("\nmedian ms")
-    for key, value in results.items():
-        print(f"  {key:<{width}} {value:10.1f}")
+    why = {
+        "reset": "re-draws head.fc's {fc:.1f} M weights with the RNG (bound by the RNG on a CPU) and copies "
+        "them into the target",
+        "shrink & perturb": "draws a fresh {n} with the RNG (RNG-bound), into a parameter-sized copy of θ "
+        "(a fresh allocation, page faults on a CPU), then mixes θ and φ in place (and into the target)",
+        "hare & tortoise": "touches every one of the {all:.1f} M parameters (lerp: read 2, write 1; reset: "
+        "copy into hare and target): bound by memory bandwidth",
+        "L2-init": "reads θ and θ0 and writes the gradient for all {all:.1f} M parameters: memory bandwidth",
+        "ReDo": "a forward pass of the CNN on the {probe} probe frames (compute-bound, like the diagnostics)",
+        "plasticity injection": "once per run: creates four head-sized tensors ({head:.1f} M each: the "
+        "trainable copy drawn with the RNG, the anchor, and their twins in the target; fresh allocations "
+        "dominate on a CPU)",
+        "continual backprop": "the per-update utility reads every outgoing weight of the units (head.out: "
+        "{head_out:.1f} M)",
+        "diagnostics": "forward passes on the probe batch and SVDs of the feature matrices",
+    }
+    width = max(len(f"{sec} {row}") for sec, row, _ in rows) + 2
+    print(f"\nper-intervention cost, median ms (goal <= {GOAL_MS:g} ms each)")
+    print(f"  {'what':<{width}} {'ms':>10}")
+    for section, row, ms in rows:
+        flag = "  > goal" if ms > GOAL_MS and section != "reference" else ""
+        print(f"  {section + ' ' + row:<{width}} {ms:10.1f}{flag}")
+    slow = [(sec, row, ms) for sec, row, ms in rows if ms > GOAL_MS and sec != "reference"]
+    print(f"\nover {GOAL_MS:g} ms: " + ("; ".join(f"{sec} {row}" for sec, row, _ in slow) or "none"))
+    for section, row, ms in slow:
+        reason = why.get(section, "")
+        if section == "shrink & perturb":
+            part = row.split(" ")[0]
+            size = {"head": head, "all": params}.get(part, params - head)
+            reason = reason.format(n=f"initialisation of {part} ({size / 1e6:.1f} M weights)")
+        elif section == "ReDo" and row.startswith("recycling"):
+            reason = (
+                f"draws {drawn / 1e6:.1f} M fresh incoming weights with the RNG (a dormant head.fc unit's "
+                f"row has {dense.shape[1]:,} of them), copies them into the online and target layers, "
+                "zeroes the outgoing columns and the moments of those entries"
+            )
+        elif section == "continual backprop" and "replaced" in row:
+            reason = "per replaced unit: fresh rows, zeroed columns and moments in every layer and the target"
+        reason = reason.format(
+            fc=dense.numel() / 1e6,
+            all=params / 1e6,
+            head=head / 1e6,
+            probe=args.probe_batch,
+            head_out=net.head.out.weight.numel() / 1e6,
+        )
+        print(f"  - {section} {row} ({ms:.0f} ms): {reason}")
     print(
         f"\ndiagnostics overhead = pass / (interval × update); pass {diag_ms:.0f}, update {update_ms:.0f} ms"
     )

@@ -14,11 +14,20 @@ reference), their optimizer(s) and any target copies; the training loop then cal
 Checkpoints: save ``interventions.state_dict()``; on resume, build the network, optimizer and
 interventions as at the start, then load the interventions' state **before** the network's and the
 optimizer's (plasticity injection re-creates its modules and optimizer groups, whose values the
-network and optimizer state then fill in).
+network and optimizer state then fill in). :meth:`InterventionSet.load_state_dict` loads the interventions
+that change the network's structure first, so the others find the structure they checkpointed.
+
+Structural changes: plasticity injection replaces modules of the network (the head by frozen + trainable
+− anchor). Interventions that hold a picture of the structure (hare & tortoise's tortoise, the unit
+groups of ReDo and continual backprop) re-discover it: injection calls :func:`notify_structure_changed`
+right after it acts, which calls ``structure_changed()`` on every intervention watching a network that
+contains the changed one (:func:`watch_structure`), and each of them also compares
+:func:`~.binding.structure_signature` at its next call, which catches changes made by other code.
 """
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -35,13 +44,74 @@ from .binding import (
     resolve_modules,
 )
 
-__all__ = ["Intervention", "InterventionSet", "apply_all"]
+__all__ = [
+    "Intervention",
+    "InterventionSet",
+    "apply_all",
+    "check_schedule_fires",
+    "notify_structure_changed",
+    "watch_structure",
+]
+
+# Network → weak references to the interventions that track its structure, in registration order.
+_WATCHERS: weakref.WeakKeyDictionary[nn.Module, list[weakref.ref]] = weakref.WeakKeyDictionary()
+
+
+def watch_structure(network: nn.Module, intervention: Intervention) -> None:
+    """Have ``intervention.structure_changed()`` called when :func:`notify_structure_changed` is told about
+    a change inside ``network`` (held weakly: a discarded intervention is not kept alive)."""
+    refs = _WATCHERS.setdefault(network, [])
+    refs[:] = [r for r in refs if r() is not None and r() is not intervention]
+    refs.append(weakref.ref(intervention))
+
+
+def notify_structure_changed(module: nn.Module) -> None:
+    """Call ``structure_changed()`` on every intervention watching a network that contains ``module`` or
+    lies inside it (plasticity injection calls this right after replacing modules)."""
+    for network, refs in list(_WATCHERS.items()):
+        related = any(m is module for m in network.modules()) or any(m is network for m in module.modules())
+        if not related:
+            continue
+        for ref in list(refs):
+            watcher = ref()
+            if watcher is not None:
+                watcher.structure_changed()
+
+
+def _fires_ever(config: Any) -> bool:
+    """Whether a schedule (every / at within [start, until)) fires at some update ≥ 1."""
+    until = config.until
+    if any(step >= config.start and (until is None or step < until) for step in config.at):
+        return True
+    if config.every > 0:
+        first = max(config.start, 1)
+        first = -(-first // config.every) * config.every  # the first multiple of every at or after start
+        return until is None or first < until
+    return False
+
+
+def check_schedule_fires(config: Any, name: str) -> None:
+    """ValueError when a scheduled intervention's schedule never fires (it would bind and never act)."""
+    if not config.scheduled:
+        raise ValueError(
+            f"{name}: its schedule never fires (every = 0 and no at=...), so it would be bound and never "
+            "act; set every > 0 or at=(...) (to act only when you call apply(), use e.g. at=(1,) and call "
+            "apply())"
+        )
+    if not _fires_ever(config):
+        raise ValueError(
+            f"{name}: its schedule (every={config.every}, at={tuple(config.at)}) has no update in "
+            f"[start={config.start}, until={config.until}), so it would never act; widen start/until or "
+            "change every/at"
+        )
 
 
 class Intervention(ABC):
     """Base class: binding checks shared by all interventions, and the per-update protocol."""
 
     name: str = "intervention"
+    changes_structure: bool = False
+    """whether it adds or replaces modules of the network (its state is loaded first on resume)"""
 
     def _bind(
         self,
@@ -100,6 +170,11 @@ class Intervention(ABC):
                 names.append(qualified_name(self.network, module))
         check_optimizers_hold(modules, self.optimizers, names, why=why, scope=self.network)
 
+    def structure_changed(self) -> None:
+        """Called right after the structure of the bound network changed (see :func:`watch_structure`);
+        interventions that hold a picture of the structure re-discover it here (default: nothing)."""
+        return None
+
     @abstractmethod
     def maybe_apply(self, update_step: int) -> dict[str, float]:
         """Act if the schedule says so after gradient update ``update_step``; return what was done."""
@@ -153,11 +228,14 @@ class InterventionSet:
         return {i.name: i.state_dict() for i in self.interventions}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the set of names must match."""
+        """Restore :meth:`state_dict`; the set of names must match. Interventions that change the network's
+        structure (plasticity injection) are loaded first, so that the others (hare & tortoise's tortoise,
+        the unit groups of ReDo and continual backprop) find the structure they checkpointed."""
         ours = {i.name for i in self.interventions}
         if set(state) != ours:
             raise ValueError(f"checkpoint has interventions {sorted(state)}, this run has {sorted(ours)}")
-        for intervention in self.interventions:
+        structural = [i for i in self.interventions if i.changes_structure]
+        for intervention in structural + [i for i in self.interventions if not i.changes_structure]:
             intervention.load_state_dict(state[intervention.name])
 
 

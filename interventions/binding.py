@@ -18,7 +18,9 @@ __all__ = [
     "check_optimizers_hold",
     "mirror_module",
     "qualified_name",
+    "rebind_modules",
     "resolve_modules",
+    "structure_signature",
     "weight_layers",
 ]
 
@@ -145,6 +147,55 @@ def check_optimizers_hold(
                 else f"the bound modules ({', '.join(n or '<root>' for n in names)})"
             )
             raise ValueError(f"optimizer {i} ({type(opt).__name__}) holds none of the parameters of {what}")
+
+
+def structure_signature(root: nn.Module) -> tuple:
+    """What identifies the structure of ``root``: every submodule's name and identity, its parameters'
+    names and identities and its buffers' names, shapes and dtypes.
+
+    It changes when modules or parameters are added, removed, replaced or moved (plasticity injection
+    wraps the head in a new module and adds parameters), not when values change in place (resets, ReDo,
+    training). Cheap enough to compare after every update (one walk over the modules).
+    """
+    return tuple(
+        (
+            name,
+            id(module),
+            tuple((k, id(p)) for k, p in module._parameters.items()),
+            tuple((k, None if b is None else (tuple(b.shape), b.dtype)) for k, b in module._buffers.items()),
+        )
+        for name, module in root.named_modules()
+    )
+
+
+def rebind_modules(
+    root: nn.Module, modules: Sequence[nn.Module], names: Sequence[str]
+) -> tuple[list[nn.Module], list[str]]:
+    """The bound ``modules`` (at qualified ``names``) after a structural change of ``root``.
+
+    Each bound module is replaced by the module that now sits at its qualified name (plasticity injection
+    puts an ``InjectedHead`` where the head was, holding the old head as ``frozen``); a module whose name
+    no longer exists is kept if it is still part of ``root`` (under its new name). ValueError for a bound
+    module that left the network. Modules nested in others are dropped, as in :func:`resolve_modules`.
+    """
+    rebound: list[nn.Module] = []
+    for module, name in zip(modules, names):
+        try:
+            current = root.get_submodule(name) if name else root
+        except AttributeError:
+            try:
+                current, name = module, qualified_name(root, module)
+            except ValueError:
+                raise ValueError(
+                    f"bound module {name or '<root>'!r} ({type(module).__name__}) is no longer part of the "
+                    f"network ({type(root).__name__}) after a change of its structure; bind the "
+                    "intervention again to the new network"
+                ) from None
+        if all(current is not m for m in rebound):
+            rebound.append(current)
+    inside_other = {id(inner) for outer in rebound for inner in outer.modules() if inner is not outer}
+    kept = [m for m in rebound if id(m) not in inside_other]
+    return kept, [qualified_name(root, m) for m in kept]
 
 
 def mirror_module(target: nn.Module, name: str, module: nn.Module) -> nn.Module:

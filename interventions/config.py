@@ -12,6 +12,7 @@ ratio before building the config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -236,8 +237,9 @@ class L2InitConfig:
     """parts whose parameters are regularised"""
 
     def __post_init__(self) -> None:
-        if float(self.coef) < 0:
-            raise ValueError(f"coef (lambda) must be >= 0, got {self.coef}")
+        # `not x >= 0` also rejects NaN; infinity is rejected explicitly.
+        if not float(self.coef) >= 0 or not math.isfinite(float(self.coef)):
+            raise ValueError(f"coef (lambda) must be a finite number >= 0, got {self.coef}")
         _check_modules(self.modules)
 
     def tag(self) -> str:
@@ -263,8 +265,8 @@ class ReDoConfig(ScheduleConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if float(self.threshold) < 0:
-            raise ValueError(f"threshold (tau) must be >= 0, got {self.threshold}")
+        if not float(self.threshold) >= 0 or not math.isfinite(float(self.threshold)):
+            raise ValueError(f"threshold (tau) must be a finite number >= 0, got {self.threshold}")
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_modules(self.modules)
 

@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 
 from plasticrl.networks import fresh_copy
 
-from .base import Intervention
+from .base import Intervention, check_schedule_fires, notify_structure_changed
 from .config import InjectionConfig
 from .optim import clear_state_
 
@@ -82,8 +82,13 @@ def _parents(root: nn.Module, module: nn.Module) -> list[tuple[nn.Module, str]]:
 class PlasticityInjection(Intervention):
     """Inject plasticity into the bound modules on schedule (usually once: ``at=(N,)``).
 
+    It changes the network's structure: right after injecting it calls
+    :func:`~.base.notify_structure_changed`, so hare & tortoise (the tortoise gets the same injected
+    modules), ReDo and continual backprop (unit groups found again, the trainable copy's layers included,
+    frozen layers never recycled) bound to the same network follow.
+
     Args:
-        config: schedule and module names (default the head).
+        config: schedule (it must fire, usually ``at=(N,)``) and module names (default the head).
         network: the network the modules belong to (the replacement happens inside it).
         optimizers: the optimizer(s) holding the modules' parameters; each new parameter takes its
             counterpart's place in its param group.
@@ -91,6 +96,8 @@ class PlasticityInjection(Intervention):
         modules: explicit module references instead of ``config.modules``.
         name: log and checkpoint key (default ``"injection"``).
     """
+
+    changes_structure = True
 
     def __init__(
         self,
@@ -104,6 +111,7 @@ class PlasticityInjection(Intervention):
     ):
         self.config = config
         self.name = name
+        check_schedule_fires(config, name)
         self._bind(network, modules, config.modules, optimizers, targets)
         for module, module_name in zip(self.modules, self.module_names):
             if module is network:
@@ -165,6 +173,8 @@ class PlasticityInjection(Intervention):
             for i in range(len(self.modules)):
                 self._inject_one(i)
         self.injections += 1
+        # Hare & tortoise, ReDo and continual backprop bound to this network re-discover its structure.
+        notify_structure_changed(self.network)
 
     def maybe_apply(self, update_step: int) -> dict[str, float]:
         """Inject if the schedule fires at ``update_step``."""

@@ -18,6 +18,14 @@ target is re-synced periodically anyway).
 
 The optimizers must hold every layer recycling changes, including a layer outside the bound modules that
 reads their units (the head after ``body``): a ValueError names a parameter they miss.
+
+Structural changes (plasticity injection): the unit groups are found again, on the first two samples of
+the construction batch, right after the injection (:func:`~.base.notify_structure_changed`) or, for
+other changes, at the next call. A bound module is replaced by whatever now sits at its name (the
+``InjectedHead`` where the head was), so the trainable copy's units are recycled and its columns reading
+recycled units are zeroed, together with the frozen head's and the anchor's columns (outputs unchanged);
+units written by frozen layers (frozen head, anchor) are never recycled. Target copies must have received
+the same change (pass them to the injection too), else a ValueError.
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .base import Intervention
+from .base import Intervention, check_schedule_fires, watch_structure
+from .binding import rebind_modules, structure_signature
 from .config import ReDoConfig
 from .diagnostics import activation_statistics, dormant_mask
-from .units import UnitGroup, find_unit_groups, group_modules, recycle_units_, sync_group_
+from .units import UnitGroup, example_batch, find_unit_groups, group_modules, recycle_units_, sync_group_
 
 __all__ = ["ReDo"]
 
@@ -41,7 +50,7 @@ class ReDo(Intervention):
     """Recycle dormant units of ``network`` on schedule.
 
     Args:
-        config: schedule, τ (``threshold``), module names and target rule.
+        config: schedule (it must fire), τ (``threshold``), module names and target rule.
         network: the network whose hidden units are recycled.
         batch_fn: returns the batch to score units on (e.g. ``lambda: buffer.sample(256).obs``); called
             once at construction (to find the layers) and at each recycling step.
@@ -68,21 +77,48 @@ class ReDo(Intervention):
             raise TypeError("batch_fn must be a callable returning the batch to score units on")
         self.config = config
         self.name = name
+        check_schedule_fires(config, name)
         self.batch_fn = batch_fn
         self._bind(network, modules, config.modules, optimizers, targets, check_optimizers=False)
-        groups, skipped = find_unit_groups(network, batch_fn(), within=self.modules)
+        batch = batch_fn()
+        self._example = example_batch(batch)
+        self._discover(batch)
+        self.previous_masks: dict[str, torch.Tensor] | None = None
+        watch_structure(network, self)
+
+    def _discover(self, inputs: Any) -> None:
+        """Find the recyclable unit groups in the bound modules and check the optimizers and targets."""
+        groups, skipped = find_unit_groups(self.network, inputs, within=self.modules)
         if not groups:
             reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no activation modules"
             raise ValueError(f"ReDo found no recyclable hidden layer in the bound modules ({reasons})")
-        self.groups: list[UnitGroup] = groups
-        self.skipped: dict[str, str] = skipped
         # The layers reading the units may lie outside the bound modules (the head after "body").
         self._check_optimizers_cover(group_modules(groups, self.name))
-        self.mirrors = [[g.mirror(network, t) for g in groups] for t in self.targets]
-        self.previous_masks: dict[str, torch.Tensor] | None = None
+        self.mirrors = [[g.mirror(self.network, t) for g in groups] for t in self.targets]
+        self.groups: list[UnitGroup] = groups
+        self.skipped: dict[str, str] = skipped
+        self._signature = structure_signature(self.network)
+
+    def sync_structure(self) -> bool:
+        """Find the unit groups again if the network's structure changed; returns whether it did."""
+        if structure_signature(self.network) == self._signature:
+            return False
+        try:
+            self.modules, self.module_names = rebind_modules(self.network, self.modules, self.module_names)
+            self._discover(self._example)
+        except ValueError as error:
+            raise ValueError(
+                f"{self.name}: after a change of the network's structure (e.g. plasticity injection): {error}"
+            ) from error
+        return True
+
+    def structure_changed(self) -> None:
+        """The network's structure changed (plasticity injection): find the unit groups again now."""
+        self.sync_structure()
 
     def dormant_masks(self, inputs: Any) -> dict[str, torch.Tensor]:
         """Per recyclable group, the mask of τ-dormant units on ``inputs``."""
+        self.sync_structure()
         modules = {g.name: g.activation for g in self.groups}
         stats, _ = activation_statistics(self.network, inputs, modules)
         return {name: dormant_mask(s, self.config.threshold) for name, s in stats.items()}
@@ -93,6 +129,7 @@ class ReDo(Intervention):
 
     def recycle_masks(self, masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Recycle the units marked in ``masks`` (by group name, as from :meth:`dormant_masks`)."""
+        self.sync_structure()
         if set(masks) != {g.name for g in self.groups}:
             raise ValueError(f"masks must cover exactly the groups {[g.name for g in self.groups]}")
         assignments = [(g, masks[g.name].nonzero().flatten()) for g in self.groups]

@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 
 from plasticrl.networks import reinitialize_
 
-from .base import Intervention
+from .base import Intervention, check_schedule_fires
 from .config import ResetConfig, ShrinkPerturbConfig
 from .optim import clear_state_
 
@@ -41,7 +41,7 @@ class Reset(Intervention):
     """Re-initialise the bound modules on schedule (see the module docstring for optimizer and targets).
 
     Args:
-        config: schedule, module names and target rule.
+        config: schedule (it must fire: ``every > 0`` or ``at``), module names and target rule.
         network: the network the modules belong to (module names in ``config`` resolve against it).
         optimizers: the optimizer(s) holding the modules' parameters (their state is cleared).
         targets: copies of ``network`` that track it (target network, EMA copy); parts match by name.
@@ -61,6 +61,7 @@ class Reset(Intervention):
     ):
         self.config = config
         self.name = name
+        check_schedule_fires(config, name)
         self._bind(network, modules, config.modules, optimizers, targets)
 
     def apply(self) -> None:
@@ -84,7 +85,8 @@ class ShrinkPerturb(Intervention):
     """θ ← α·θ + σ·φ on schedule, φ a fresh draw from each module's initialiser.
 
     Args:
-        config: schedule, α (``shrink_factor``), σ (``perturb_factor``), modules, optimizer and target rules.
+        config: schedule (it must fire), α (``shrink_factor``), σ (``perturb_factor``), modules, optimizer
+            and target rules.
         network: the network the modules belong to.
         optimizers: the optimizer(s) holding the modules' parameters.
         targets: copies of ``network`` that track it; parts match by name.
@@ -106,6 +108,7 @@ class ShrinkPerturb(Intervention):
     ):
         self.config = config
         self.name = name
+        check_schedule_fires(config, name)
         self._bind(network, modules, config.modules, optimizers, targets)
         factors = dict(factors or {})
         self.factors: list[tuple[float, float]] = []
@@ -138,10 +141,10 @@ class ShrinkPerturb(Intervention):
             b.copy_(saved)
         if same:
             for twin_params in twins:
-                for twin, phi in zip(twin_params, params):
-                    twin.mul_(alpha).add_(phi, alpha=sigma)
-        for param, theta in zip(params, current):
-            param.mul_(sigma).add_(theta, alpha=alpha)
+                torch._foreach_mul_(twin_params, alpha)
+                torch._foreach_add_(twin_params, params, alpha=sigma)
+        torch._foreach_mul_(params, sigma)
+        torch._foreach_add_(params, current, alpha=alpha)
 
     def apply(self) -> None:
         """Shrink and perturb now, regardless of the schedule."""

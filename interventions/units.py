@@ -14,7 +14,9 @@ reason in :func:`find_unit_groups`' second result: activations whose input is no
 (e.g. after max-pooling or a residual sum: the Impala blocks' first ReLU and the ReLU after the last
 stage), whose output feeds anything else (a residual connection, another module type), the output
 activation (nothing reads it), width-changing activations (CReLU), grouped convs, Linear layers on
-inputs with more than two dimensions, and modules called more than once per forward. For residual
+inputs with more than two dimensions, modules called more than once per forward, and units whose
+incoming layer is frozen (plasticity injection's frozen head and anchor: they must not change; a frozen
+layer *reading* recyclable units still gets its columns zeroed, so the outputs stay unchanged). For residual
 networks this recycles exactly what dopamine's ReDo recycles in its ResNet mode: the inner unit of
 each residual block and the dense layers.
 
@@ -26,6 +28,7 @@ network's outputs then change slightly at the moment of recycling.
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,13 +38,13 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from plasticrl.networks import ACTIVATION_TYPES, reinitialize_
+from plasticrl.networks import ACTIVATION_TYPES, XavierUniformInit, get_initializer, reinitialize_
 
 from .binding import mirror_module, qualified_name
 from .diagnostics import output_tensors, probe_mode, run_forward, slice_batch
 from .optim import zero_state_entries_
 
-__all__ = ["Outgoing", "UnitGroup", "find_unit_groups", "group_modules", "recycle_units_"]
+__all__ = ["Outgoing", "UnitGroup", "example_batch", "find_unit_groups", "group_modules", "recycle_units_"]
 
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
@@ -269,6 +272,8 @@ def find_unit_groups(
             modules = (result.incoming, *result.norms, result.activation, *(o.layer for o in result.outgoing))
             if any(call_counts[id(m)] != 1 for m in modules):
                 result = "a module of this group is called more than once per forward (shared weights)"
+            elif not result.incoming.weight.requires_grad:
+                result = "its incoming layer is frozen (e.g. plasticity injection's frozen head or anchor)"
             elif inside is not None and id(result.incoming) not in inside:
                 continue
         if isinstance(result, str):
@@ -276,6 +281,23 @@ def find_unit_groups(
         else:
             groups.append(result)
     return groups, skipped
+
+
+def example_batch(inputs: Any) -> Any:
+    """The first two samples of ``inputs`` as detached copies (what :func:`find_unit_groups` reads), kept
+    to find the groups again after a change of the network's structure without drawing a new batch."""
+    sliced = slice_batch(inputs, 0, 2)
+
+    def copy_(x: Any) -> Any:
+        if torch.is_tensor(x):
+            return x.detach().clone()
+        if isinstance(x, dict):
+            return {k: copy_(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(copy_(v) for v in x)
+        return x
+
+    return copy_(sliced)
 
 
 def group_modules(groups: Sequence[UnitGroup], owner: str) -> dict[nn.Module, str]:
@@ -312,15 +334,47 @@ def _fresh_leaf_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+# PyTorch's own reset_parameters of Linear and Conv layers: kaiming_uniform_(a=√5), i.e. U(±1/√fan_in).
+_DEFAULT_RESETS = (nn.Linear.reset_parameters, nn.modules.conv._ConvNd.reset_parameters)
+
+
+def _iid_uniform_bound(layer: nn.Module) -> float | None:
+    """b when the layer's initialiser draws every weight i.i.d. from U(−b, b), b fixed by the full weight
+    shape (PyTorch's default Linear/Conv init, :class:`~plasticrl.networks.XavierUniformInit`); else None
+    (e.g. orthogonal init, whose rows are not independent)."""
+    init = get_initializer(layer)
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    if init is None and getattr(type(layer), "reset_parameters", None) in _DEFAULT_RESETS:
+        return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    if type(init) is XavierUniformInit:
+        return init.gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return None
+
+
+def _fresh_rows(layer: nn.Module, units: torch.Tensor) -> torch.Tensor:
+    """Fresh incoming weights (rows / output channels) for ``units`` from the layer's own initialiser.
+
+    With an i.i.d. initialiser only those rows are drawn, from the same distribution as rows of a full
+    draw (recycling a few units of a 15,488 → 2,048 layer then costs microseconds, not a 31.7M-value
+    draw); otherwise the whole layer is drawn and the rows taken from it.
+    """
+    weight = layer.weight
+    bound = _iid_uniform_bound(layer)
+    if bound is not None:
+        rows = torch.empty((units.numel(), *weight.shape[1:]), dtype=weight.dtype, device=weight.device)
+        return rows.uniform_(-bound, bound)
+    return _fresh_leaf_state(layer)["weight"].index_select(0, units.to(weight.device))
+
+
 def _reinit_incoming_(
     group: UnitGroup, units: torch.Tensor, optimizers: Sequence[Optimizer], mirrors
 ) -> None:
-    fresh = _fresh_leaf_state(group.incoming)
+    rows = _fresh_rows(group.incoming, units)
     fresh_norms = [_fresh_leaf_state(norm) for norm in group.norms]
     for g in (group, *mirrors):
         layer = g.incoming
         idx = units.to(layer.weight.device)
-        layer.weight.index_copy_(0, idx, fresh["weight"].to(layer.weight.device).index_select(0, idx))
+        layer.weight.index_copy_(0, idx, rows.to(layer.weight.device))
         if layer.bias is not None:
             layer.bias.index_fill_(0, idx, 0.0)  # dopamine's ReDo and Dohare et al. zero the bias
         for norm, norm_fresh in zip(g.norms, fresh_norms):

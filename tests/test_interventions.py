@@ -201,6 +201,20 @@ def test_shrink_perturb_bbf_interpolation_targets_and_optimizer():
     assert same(params_of(target), params_of(net))
 
 
+def test_shrink_perturb_parameters_stay_in_the_optimizer_and_train():
+    net = make_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    train_steps(net, opt)
+    held = [p for g in opt.param_groups for p in g["params"]]
+    ShrinkPerturb(ShrinkPerturbConfig(every=1, shrink_factor=0.5, perturb_factor=0.5), net, [opt]).apply()
+    # The same parameter objects, still held (in place), and they change after one optimizer step.
+    assert all(any(p is q for q in held) for p in net.parameters())
+    assert len(held) == len(list(net.parameters()))
+    after = params_of(net)
+    train_steps(net, opt, steps=1)
+    assert all(not torch.equal(a, b) for a, b in zip(params_of(net), after))
+
+
 def test_shrink_perturb_per_module_factors_and_buffers_untouched():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
@@ -281,6 +295,84 @@ def test_hare_tortoise_disabled_does_nothing():
         net.head.weight.add_(1.0)
     assert ht.maybe_apply(1) == {}
     assert same(params_of(ht.tortoise), before)
+
+
+def test_hare_tortoise_follows_plasticity_injection():
+    """H&T + injection used to crash at the next update (the tortoise kept the old structure)."""
+    net = make_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    target = copy.deepcopy(net).requires_grad_(False)
+    m = 0.9
+    ht = HareTortoise(HareTortoiseConfig(enabled=True, momentum=m, every=4), net, [opt], [target])
+    inj = PlasticityInjection(InjectionConfig(at=(2,)), net, [opt], [target])
+    tortoise = ht.tortoise
+    train_steps(net, opt, steps=1)
+    InterventionSet([ht, inj]).maybe_apply(1)
+    train_steps(net, opt, steps=1)
+    ht.maybe_apply(2)
+    tortoise_head, tortoise_out = tortoise.head, tortoise(X).detach()
+    frozen_values = params_of(tortoise_head)
+    inj.maybe_apply(2)
+    # Right at the injection the tortoise gets the same structure, in place, and keeps its outputs.
+    assert ht.tortoise is tortoise and ht.acting_network is tortoise
+    assert isinstance(tortoise.head, InjectedHead) and tortoise.head.frozen is tortoise_head
+    assert same(params_of(tortoise.head.frozen), frozen_values)
+    assert [n for n, _ in tortoise.named_parameters()] == [n for n, _ in net.named_parameters()]
+    assert same(params_of(tortoise.head.trainable), params_of(net.head.trainable))
+    assert not any(p is q for p in tortoise.parameters() for q in net.parameters())
+    assert not any(p.requires_grad for p in tortoise.parameters())
+    torch.testing.assert_close(tortoise(X), tortoise_out, rtol=0, atol=1e-6)
+    # The EMA then runs over every parameter of the new structure.
+    train_steps(net, opt, steps=1)
+    expected = {
+        k: m * v.double() + (1 - m) * net.state_dict()[k].double() for k, v in tortoise.state_dict().items()
+    }
+    ht.maybe_apply(3)
+    for k, v in tortoise.state_dict().items():
+        torch.testing.assert_close(v.double(), expected[k], rtol=1e-6, atol=1e-7)
+    assert not torch.equal(tortoise.head.trainable.weight, tortoise.head.anchor.weight)
+    # Hare reset: hare == tortoise, the target follows (it got the injection too), the hare still trains.
+    train_steps(net, opt, steps=1)
+    assert ht.maybe_apply(4) == {"interventions/hare_tortoise": 1.0}
+    assert same(params_of(net), params_of(tortoise)) and same(params_of(target), params_of(net))
+    trainable = params_of(net.head.trainable)
+    train_steps(net, opt, steps=1)
+    assert not same(params_of(net.head.trainable), trainable)
+    # Resume: the injection is re-created first, whatever the list order, then the tortoise loads.
+    state = InterventionSet([ht, inj]).state_dict()
+    net2 = make_net(seed=4)
+    opt2 = torch.optim.Adam(net2.parameters(), lr=1e-2)
+    ht2 = HareTortoise(HareTortoiseConfig(enabled=True, momentum=m, every=4), net2, [opt2])
+    InterventionSet([ht2, PlasticityInjection(InjectionConfig(at=(2,)), net2, [opt2])]).load_state_dict(state)
+    assert same(params_of(ht2.tortoise), params_of(tortoise))
+    fresh = make_net()
+    plain = HareTortoise(HareTortoiseConfig(enabled=True), fresh, [torch.optim.Adam(fresh.parameters())])
+    with pytest.raises(ValueError, match="load the injection's state first"):
+        plain.load_state_dict(state["hare_tortoise"])
+
+
+def test_hare_tortoise_follows_other_structural_changes_at_the_next_update():
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ht = HareTortoise(HareTortoiseConfig(enabled=True, momentum=0.5), net, [opt])
+    train_steps(net, opt, steps=1)
+    ht.maybe_apply(1)
+    encoder = params_of(ht.tortoise.encoder)
+    net.head = nn.Sequential(nn.Linear(16, 3), nn.Tanh())  # by hand: no notification
+    new_head = params_of(net.head)
+    ht.maybe_apply(2)  # found by comparing the structure; the new part starts as a copy of the hare's
+    assert isinstance(ht.tortoise.head, nn.Sequential) and ht.tortoise.head is not net.head
+    assert same(params_of(ht.tortoise.head), new_head)
+    for t, e, h in zip(params_of(ht.tortoise.encoder), encoder, params_of(net.encoder)):
+        torch.testing.assert_close(t, 0.5 * e + 0.5 * h)
+    # A target that did not get the change is a clear error at a hare reset with target sync.
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    other = HareTortoise(
+        HareTortoiseConfig(enabled=True, every=1), net, [opt], [copy.deepcopy(net)], name="b"
+    )
+    net.head = nn.Linear(16, 3)
+    with pytest.raises(ValueError, match="pass the target to that intervention"):
+        other.maybe_apply(1)
 
 
 # ---------------------------------------------------------------- L2-init (Regen)

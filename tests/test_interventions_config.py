@@ -11,9 +11,12 @@ from torch import nn
 
 from plasticrl.interventions import (
     CBPConfig,
+    HareTortoise,
     HareTortoiseConfig,
     InjectionConfig,
     L2InitConfig,
+    PlasticityInjection,
+    ReDo,
     ReDoConfig,
     Reset,
     ResetConfig,
@@ -74,7 +77,12 @@ def test_schedule_bad_input(kwargs, match):
         (lambda: HareTortoiseConfig(momentum=1.0), "momentum"),
         (lambda: HareTortoiseConfig(momentum=-0.1), "momentum"),
         (lambda: ReDoConfig(threshold=-0.01), "threshold"),
+        (lambda: ReDoConfig(threshold=float("nan")), "threshold.*finite"),
+        (lambda: ReDoConfig(threshold=float("inf")), "threshold.*finite"),
         (lambda: L2InitConfig(coef=-1.0), "coef"),
+        (lambda: L2InitConfig(coef=float("nan")), "coef.*finite"),
+        (lambda: L2InitConfig(coef=float("inf")), "coef.*finite"),
+        (lambda: L2InitConfig(coef=-float("inf")), "coef.*finite"),
         (lambda: CBPConfig(decay_rate=1.0), "decay_rate"),
         (lambda: CBPConfig(replacement_rate=2.0), "replacement_rate"),
         (lambda: ResetConfig(modules=()), "modules"),
@@ -232,6 +240,43 @@ def test_binding_errors():
         ShrinkPerturb(
             ShrinkPerturbConfig(every=1), net, [opt], modules=[net.head], factors={net.head: (1.5, 0)}
         )
+
+
+@pytest.mark.parametrize(
+    "schedule, match",
+    [
+        ({}, "never fires.*every > 0 or at="),
+        ({"every": 10, "until": 10}, "no update in"),
+        ({"every": 10, "start": 11, "until": 20}, "no update in"),
+        ({"at": (3,), "start": 5}, "no update in"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["reset", "shrink_perturb", "redo", "injection"])
+def test_scheduled_interventions_whose_schedule_never_fires_are_an_error(kind, schedule, match):
+    net = make_net()
+    opt = torch.optim.Adam(net.parameters())
+    x = torch.randn(8, 3)
+    make = {
+        "reset": lambda: Reset(ResetConfig(**schedule), net, [opt]),
+        "shrink_perturb": lambda: ShrinkPerturb(ShrinkPerturbConfig(**schedule), net, [opt]),
+        "redo": lambda: ReDo(ReDoConfig(**schedule), net, lambda: x, [opt]),
+        "injection": lambda: PlasticityInjection(InjectionConfig(**schedule), net, [opt]),
+    }[kind]
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_schedules_that_fire_somewhere_bind():
+    net = make_net()
+    opt = torch.optim.Adam(net.parameters())
+    # The window [start, until) holds a multiple of every, or a listed update.
+    Reset(ResetConfig(every=10, start=11, until=21), net, [opt])
+    Reset(ResetConfig(at=(5,), start=5, until=6), net, [opt])
+    Reset(ResetConfig(every=1000, at=(3,), until=4), net, [opt])
+    # Hare & tortoise without a hare-reset schedule is an EMA only (valid); a window without a reset is not.
+    HareTortoise(HareTortoiseConfig(enabled=True), net, [opt])
+    with pytest.raises(ValueError, match="hare-reset schedule"):
+        HareTortoise(HareTortoiseConfig(enabled=True, at=(2,), start=3), net, [opt])
 
 
 # ---------------------------------------------------------------- optimizer utilities

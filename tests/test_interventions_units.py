@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -11,11 +12,21 @@ from torch import nn
 from plasticrl.interventions import (
     CBPConfig,
     ContinualBackprop,
+    InjectedHead,
+    InjectionConfig,
+    PlasticityInjection,
     ReDo,
     ReDoConfig,
     find_unit_groups,
 )
-from plasticrl.networks import ImpalaCNN, NatureCNN, set_initializer
+from plasticrl.networks import (
+    ImpalaCNN,
+    NatureCNN,
+    OrthogonalInit,
+    XavierUniformInit,
+    fresh_state,
+    set_initializer,
+)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -207,6 +218,11 @@ def test_redo_conv_flatten_linear_boundary_and_targets():
         for p in target.parameters():
             p.add_(0.01 * torch.randn_like(p))
     before = {k: v.clone() for k, v in net.state_dict().items()}
+    moments = {
+        (i, k): opt.state[p][k].clone()
+        for i, p in enumerate(net.parameters())
+        for k in ("exp_avg", "exp_avg_sq")
+    }
     out, target_out = net(XC).detach(), target(XC).detach()
     with torch.no_grad():
         h1 = net[1](net[0](XC))
@@ -231,6 +247,22 @@ def test_redo_conv_flatten_linear_boundary_and_targets():
     assert torch.equal(target[2].weight[masks[1]], net[2].weight[masks[1]])
     assert not torch.equal(target[2].weight[~masks[1]], net[2].weight[~masks[1]])
     assert torch.all(target[5].weight[:, columns] == 0)
+    # The moments of every entry that was not recycled are left exactly as they were.
+    kept = {  # parameter index in net.parameters() → mask of the entries that must not change
+        0: ~masks[0][:, None, None, None].expand_as(net[0].weight),
+        1: ~masks[0],
+        2: (~masks[1][:, None, None, None] & ~masks[0][None, :, None, None]).expand_as(net[2].weight),
+        3: ~masks[1],
+        4: (~masks[2][:, None] & kept_cols[None, :]).expand_as(net[5].weight),
+        5: ~masks[2],
+        6: ~masks[2][None, :].expand_as(net[7].weight),
+        7: torch.ones_like(net[7].bias, dtype=torch.bool),
+    }
+    params = list(net.parameters())
+    for (i, key), value in moments.items():
+        state = opt.state[params[i]][key]
+        assert torch.equal(state[kept[i]], value[kept[i]]), (i, key)
+        assert torch.all(state[~kept[i]] == 0), (i, key)
 
 
 def test_redo_on_residual_network_keeps_outputs():
@@ -244,7 +276,7 @@ def test_redo_on_residual_network_keeps_outputs():
     redo = ReDo(ReDoConfig(every=1, threshold=0.0), net, lambda: x, [opt])
     logs = redo.recycle(x)
     assert logs["recycled_units"] >= 3
-    torch.testing.assert_close(net(x), out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(net(x), out, rtol=0, atol=1e-6)
     assert torch.all(net.encoder.stage1.blocks[0].conv2.weight[:, [0, 4]] == 0)
     assert torch.all(net.head.out.weight[:, 3] == 0)
 
@@ -557,3 +589,201 @@ def test_cbp_bias_correction_for_conv_and_flatten_readers():
     columns = before["5.weight"][:, c3 * 16 : (c3 + 1) * 16]
     torch.testing.assert_close(net[5].bias, before["5.bias"] + columns @ h3[:, c3].flatten(1).mean(0))
     assert cbp.mean_activation["3"].shape == (3, 16) and cbp.mean_activation["1"].shape == (4, 1)
+
+
+# ---------------------------------------------------------------- continual backprop: bias correction by age
+
+
+def test_cbp_bias_correction_by_age_changes_which_unit_is_replaced():
+    """û = u / (1 − η^age): a young unit's running utility is still small, its corrected one is not.
+
+    Unit 0 is young (age 1), unit 1 old (age 50) with half unit 0's contribution: by the raw utility unit 0
+    would be replaced, by the corrected one unit 1 is. The mean activation moved into the next layer's bias
+    (``bias_correction=True``) is corrected with the replaced unit's own age too.
+    """
+    net = tiny()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0]))  # every unit outputs 1 on every input
+        net[2].weight.copy_(torch.tensor([[1.0, 0.5, 4.0, 4.0], [1.0, 0.5, 4.0, 4.0]]))
+    x = X[:, :3]
+    eta = 0.9
+    cfg = CBPConfig(
+        enabled=True, replacement_rate=0.25, decay_rate=eta, maturity_threshold=1, bias_correction=True
+    )
+    cbp = ContinualBackprop(cfg, net, x, [torch.optim.SGD(net.parameters(), lr=0.1)])
+    contribution = torch.tensor([1.0, 0.5, 4.0, 4.0])  # E|h| · mean|w_out| per unit
+    age = torch.tensor([1, 50, 50, 50])
+    utility = contribution * (1 - eta ** age.double()).float()  # as after `age` updates at this contribution
+    mean = 1 - eta ** age.double()  # running mean of h = 1, uncorrected
+    cbp.load_state_dict(
+        {
+            "utility": {"1": utility.clone()},
+            "age": {"1": age.clone()},
+            "mean_activation": {"1": mean.float()[:, None].clone()},
+            "accumulated": {"1": 0.0},
+        }
+    )
+    new_utility = eta * utility + (1 - eta) * contribution
+    new_age = age + 1
+    corrected = new_utility / (1 - eta ** new_age.double()).float()
+    # The test separates the two rules: the raw minimum is unit 0, the corrected minimum unit 1.
+    assert int(new_utility.argmin()) == 0 and int(corrected.argmin()) == 1
+    bias, w_out = net[2].bias.clone(), net[2].weight[:, 1].clone()
+    net(x)
+    logs = cbp.maybe_apply(1)
+    assert logs["interventions/cbp/replaced_units"] == 1
+    assert cbp.age["1"].tolist() == [2, 0, 51, 51]
+    assert torch.all(net[2].weight[:, 1] == 0) and torch.all(net[2].weight[:, 0] == 1)
+    # b ← b + w_out · m̂ with m̂ = m / (1 − η^age) = 1 exactly for the constant activation.
+    torch.testing.assert_close(net[2].bias, bias + w_out * 1.0)
+
+
+# ---------------------------------------------------------------- unit interventions after injection
+
+
+def body_head(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            body=nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU()),
+            head=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)),
+        )
+    )
+
+
+def _train(net: nn.Module, opt: torch.optim.Optimizer, steps: int = 2) -> None:
+    for _ in range(steps):
+        opt.zero_grad()
+        net(X).pow(2).mean().backward()
+        opt.step()
+
+
+def test_redo_after_injection_recycles_into_the_trainable_copy():
+    net = body_head()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    target = copy.deepcopy(net).requires_grad_(False)
+    redo = ReDo(ReDoConfig(every=1, threshold=0.0), net, lambda: X, [opt], targets=[target])
+    PlasticityInjection(InjectionConfig(at=(1,)), net, [opt], targets=[target]).apply()
+    head = net.head
+    assert isinstance(head, InjectedHead)
+    # Found again at the injection: the trainable copy's units, not the frozen head's or the anchor's.
+    assert [g.name for g in redo.groups] == ["body.1", "body.3", "head.trainable.1"]
+    assert "frozen" in redo.skipped["head.frozen.1"] and "frozen" in redo.skipped["head.anchor.1"]
+    readers = {g.name: [o.layer for o in g.outgoing] for g in redo.groups}["body.3"]
+    assert readers == [head.frozen[0], head.trainable[0], head.anchor[0]]
+    _train(net, opt)  # the trainable copy moves away from its anchor
+    assert not torch.equal(head.trainable[0].weight, head.anchor[0].weight)
+    kill(net.body[2], [1, 5])
+    kill(head.trainable[0], [2])
+    frozen = {k: v.clone() for k, v in head.frozen.state_dict().items()}
+    moments = opt.state[head.trainable[0].weight]["exp_avg"].clone()
+    out = net(X).detach()
+    logs = redo.maybe_apply(1)
+    assert logs["interventions/redo/recycled_units"] >= 3
+    torch.testing.assert_close(net(X), out, rtol=0, atol=1e-6)
+    cols, rows = redo.previous_masks["body.3"], redo.previous_masks["head.trainable.1"]
+    assert cols[[1, 5]].all() and rows[2] and not cols.all()
+    for layer in (head.frozen[0], head.trainable[0], head.anchor[0]):  # every reader of body.3's units
+        assert torch.all(layer.weight[:, cols] == 0)
+    assert torch.all(target.head.trainable[0].weight[:, cols] == 0)
+    # The trainable copy's moments: zero at recycled columns (body.3) and rows (its own units), else kept.
+    state = opt.state[head.trainable[0].weight]["exp_avg"]
+    recycled = cols[None, :] | rows[:, None]
+    assert torch.all(state[recycled] == 0) and torch.equal(state[~recycled], moments[~recycled])
+    # The trainable copy's own dead unit: fresh incoming row, zero bias, zero outgoing column.
+    assert head.trainable[0].bias[2] == 0 and torch.all(head.trainable[2].weight[:, 2] == 0)
+    # The frozen head only lost the columns reading recycled units; nothing else of it moved.
+    for key, value in head.frozen.state_dict().items():
+        if key == "0.weight":
+            assert torch.equal(value[:, ~cols], frozen[key][:, ~cols])
+        else:
+            assert torch.equal(value, frozen[key]), key
+    assert not redo.sync_structure()  # already found again when the injection happened
+
+
+def test_cbp_after_injection_replaces_units_of_the_trainable_copy():
+    net = body_head()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    target = copy.deepcopy(net).requires_grad_(False)
+    cfg = CBPConfig(enabled=True, replacement_rate=0.25, decay_rate=0.5, maturity_threshold=1)
+    cbp = ContinualBackprop(cfg, net, X, [opt], targets=[target])
+    for step in (1, 2):
+        _train(net, opt, steps=1)
+        cbp.maybe_apply(step)
+    ages = {k: v.clone() for k, v in cbp.age.items()}
+    old_relu = net.head[1]
+    PlasticityInjection(InjectionConfig(at=(1,)), net, [opt], targets=[target]).apply()
+    head = net.head
+    assert [g.name for g in cbp.groups] == ["body.1", "body.3", "head.trainable.1"]
+    # Unchanged groups keep their state; the trainable copy's units start at age 0; hooks moved.
+    assert torch.equal(cbp.age["body.1"], ages["body.1"]) and torch.equal(cbp.age["body.3"], ages["body.3"])
+    assert torch.all(cbp.age["head.trainable.1"] == 0)
+    assert old_relu is head.frozen[1] and not old_relu._forward_hooks
+    net(X)  # hooks copied with the head into its fresh copy and anchor remove themselves there
+    assert len(head.trainable[1]._forward_hooks) == 1 and not head.anchor[1]._forward_hooks
+    assert set(cbp._seen) == {"body.1", "body.3", "head.trainable.1"}
+    frozen = [p.detach().clone() for p in head.frozen.parameters()]
+    anchor_rows = head.anchor[0].weight.detach().clone()
+    replaced_trainable = 0
+    for step in range(3, 9):
+        _train(net, opt, steps=1)
+        cbp.maybe_apply(step)
+        # Right after replacement, the replaced units' outgoing columns are zero in every reader, except
+        # in rows re-drawn in the same step for the trainable copy's own replaced units (groups are
+        # replaced in order, as in the authors' gnt.py).
+        redrawn = cbp.age["head.trainable.1"] == 0
+        for unit in (cbp.age["body.3"] == 0).nonzero().flatten().tolist():
+            for layer in (head.frozen[0], head.anchor[0]):
+                assert torch.all(layer.weight[:, unit] == 0)
+            for layer in (head.trainable[0], target.head.trainable[0]):
+                assert torch.all(layer.weight[~redrawn, unit] == 0)
+        for unit in redrawn.nonzero().flatten().tolist():
+            assert torch.all(head.trainable[2].weight[:, unit] == 0) and head.trainable[0].bias[unit] == 0
+            replaced_trainable += 1
+    assert replaced_trainable > 0
+    # Frozen head and anchor: no unit of theirs replaced (only columns reading body.3 units zeroed).
+    zeroed = head.frozen[0].weight == 0
+    for now, before in zip(head.frozen.parameters(), frozen):
+        assert torch.equal(now[now != 0], before[now != 0])
+    assert torch.equal(head.anchor[0].weight[~zeroed], anchor_rows[~zeroed])
+    assert torch.equal(head.frozen[2].weight, frozen[2])
+    cbp.remove_hooks()
+
+
+def test_redo_finds_groups_again_after_other_structural_changes():
+    net = body_head()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    redo = ReDo(ReDoConfig(every=1, threshold=0.0), net, lambda: X, [opt])
+    torch.manual_seed(3)
+    net.head = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))  # by hand: found at the next call
+    with pytest.raises(
+        ValueError, match="after a change of the network's structure.*head.0.weight is not held"
+    ):
+        redo.maybe_apply(1)
+    opt.add_param_group({"params": list(net.head.parameters())})
+    kill(net.head[0], [1])
+    out = net(X).detach()
+    assert redo.maybe_apply(1)["interventions/redo/recycled_units"] >= 1
+    assert [g.name for g in redo.groups] == ["body.1", "body.3", "head.1"] and redo.groups[
+        2
+    ].incoming is net.head[0]
+    assert torch.all(net.head[2].weight[:, 1] == 0)
+    torch.testing.assert_close(net(X), out, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("init", [None, XavierUniformInit(gain=2.0), OrthogonalInit(1.0)], ids=str)
+def test_recycled_rows_come_from_the_layers_own_initializer(init):
+    """Rows of i.i.d. initialisers are drawn alone (fast path); others from a full draw. Same distribution."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 256), nn.ReLU(), nn.Linear(256, 3))
+    if init is not None:
+        set_initializer(net[0], init)
+    dead = list(range(0, 256, 2))
+    kill(net[0], dead)
+    reference = torch.stack([fresh_state(net[0])["weight"][dead] for _ in range(4)])
+    ReDo(ReDoConfig(every=1, threshold=0.0), net, lambda: X, [torch.optim.Adam(net.parameters())]).recycle(X)
+    rows = net[0].weight.detach()[dead]
+    assert rows.abs().max() <= reference.abs().max() * 1.05
+    assert rows.std() == pytest.approx(reference.std().item(), rel=0.1)
+    assert rows.abs().mean() == pytest.approx(reference.abs().mean().item(), rel=0.1)
