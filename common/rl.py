@@ -657,11 +657,6 @@ def build_interventions(
     :class:`AgentInterventions`).
     """
     optimizers = [opt for _, opt in loss_parts.values()]
-    if args.hare_tortoise.enabled and args.injection.enabled:
-        raise ValueError(
-            "--hare-tortoise.enabled cannot be combined with --injection: the tortoise is a copy of the "
-            "network made at the start and would not receive the injected modules"
-        )
     # Application order: plasticrl.interventions.INTERVENTION_ORDER (the same in the supervised harness).
     entries = []
     if args.hare_tortoise.enabled:

@@ -18,7 +18,6 @@ from plasticrl.envs import make_dmc
 from plasticrl.interventions import (
     CBPConfig,
     ContinualBackprop,
-    HareTortoiseConfig,
     InjectionConfig,
     L2InitConfig,
     PlasticityInjection,
@@ -392,17 +391,6 @@ def test_l2_init_is_split_by_the_loss_that_trains_each_part():
         nets.actor.head.weight.add_(1.0)
     expected = 1e-2 * nets.actor.head.weight.numel()
     assert float(rl.l2_penalty(penalties["actor"]).detach()) == pytest.approx(expected, rel=1e-5)
-
-
-def test_hare_tortoise_and_injection_together_are_refused():
-    args = sac.Args(
-        hidden_dims=(8,),
-        hare_tortoise=HareTortoiseConfig(enabled=True),
-        injection=InjectionConfig(at=(5,), modules=("critic.head",)),
-    )
-    nets, target, _, parts, inputs = _sac_parts(args)
-    with pytest.raises(ValueError, match="cannot be combined"):
-        rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
 
 
 def test_schedule_lines_give_both_units_with_the_learning_starts_offset():

@@ -301,6 +301,21 @@ def test_every_intervention_flag_runs(tmp_path, name):
         assert f"interventions/{name}" in scalar_tags(summary["run_dir"])
 
 
+def test_hare_tortoise_follows_an_injection_in_the_agent(tmp_path):
+    # The tortoise takes the injected structure (interventions.HareTortoise.sync_structure); the acting
+    # tortoise then holds the injected critic head, and hare resets after the injection still work.
+    args = tiny_args(
+        tmp_path,
+        diagnostics_every=0,
+        eval_every=1200,
+        hare_tortoise=HareTortoiseConfig(enabled=True, every=50, act_with="tortoise"),
+        injection=InjectionConfig(at=(60,), modules=("critic.head",)),
+    )
+    summary = sac.main(args)
+    assert summary["updates"] == 200
+    assert summary["interventions"]["injection"] == 1 and summary["interventions"]["hare_tortoise"] >= 3
+
+
 def test_a_step_unit_reset_fires_right_after_the_listed_agent_steps(tmp_path, monkeypatch):
     """learning starts 1000, replay ratio 2: update-unit counts would be offset and halved; agent steps
     are not. Each reset comes after the two updates of its step."""
