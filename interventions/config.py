@@ -81,13 +81,13 @@ class ScheduleConfig:
     """When a scheduled intervention acts: every N updates and/or at listed updates, within [start, until)."""
 
     every: int = 0
-    """act after every N-th gradient update (0: never)"""
+    """act after every N-th gradient update, or N-th count of the group's .unit where it has one (0: never)"""
     at: tuple[int, ...] = ()
-    """also act after exactly these gradient updates"""
+    """also act after exactly these gradient updates (or counts of .unit)"""
     start: int = 0
-    """do not act before this update"""
+    """do not act before this update (or count of .unit)"""
     until: int | None = None
-    """do not act at or after this update (None: no end)"""
+    """do not act at or after this update (or count of .unit; None: no end)"""
 
     def __post_init__(self) -> None:
         # every = 0 means "off"; a negative interval is a mistake, not a way to switch it off.
