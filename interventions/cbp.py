@@ -55,11 +55,19 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .base import Intervention, watch_structure
-from .binding import rebind_modules, structure_signature
+from .base import watch_structure
+from .binding import structure_signature
 from .config import CBPConfig
 from .diagnostics import NON_NEGATIVE_ACTIVATIONS, unit_sums
-from .units import UnitGroup, example_batch, find_unit_groups, group_modules, recycle_units_, sync_group_
+from .units import (
+    UnitGroup,
+    UnitRecycler,
+    example_batch,
+    find_unit_groups,
+    group_modules,
+    recycle_units_,
+    sync_group_,
+)
 
 __all__ = ["ContinualBackprop"]
 
@@ -82,7 +90,7 @@ def _outgoing_magnitude(group: UnitGroup) -> torch.Tensor:
     return total / count
 
 
-class ContinualBackprop(Intervention):
+class ContinualBackprop(UnitRecycler):
     """Generate-and-test replacement of low-utility mature units after every update.
 
     Args:
@@ -166,19 +174,6 @@ class ContinualBackprop(Intervention):
         )
         self._handles = [self._register_hook(g) for g in groups]
         self._signature = structure_signature(self.network)
-
-    def sync_structure(self) -> bool:
-        """Find the unit groups again if the network's structure changed; returns whether it did."""
-        if structure_signature(self.network) == self._signature:
-            return False
-        try:
-            self.modules, self.module_names = rebind_modules(self.network, self.modules, self.module_names)
-            self._discover(self._example)
-        except ValueError as error:
-            raise ValueError(
-                f"{self.name}: after a change of the network's structure (e.g. plasticity injection): {error}"
-            ) from error
-        return True
 
     def structure_changed(self) -> None:
         """The network's structure changed (plasticity injection): find the unit groups again now."""

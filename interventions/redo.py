@@ -37,16 +37,24 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .base import Intervention, check_schedule_fires, watch_structure
-from .binding import rebind_modules, structure_signature
+from .base import check_schedule_fires, watch_structure
+from .binding import structure_signature
 from .config import ReDoConfig
 from .diagnostics import activation_statistics, dormant_mask
-from .units import UnitGroup, example_batch, find_unit_groups, group_modules, recycle_units_, sync_group_
+from .units import (
+    UnitGroup,
+    UnitRecycler,
+    example_batch,
+    find_unit_groups,
+    group_modules,
+    recycle_units_,
+    sync_group_,
+)
 
 __all__ = ["ReDo"]
 
 
-class ReDo(Intervention):
+class ReDo(UnitRecycler):
     """Recycle dormant units of ``network`` on schedule.
 
     Args:
@@ -98,19 +106,6 @@ class ReDo(Intervention):
         self.groups: list[UnitGroup] = groups
         self.skipped: dict[str, str] = skipped
         self._signature = structure_signature(self.network)
-
-    def sync_structure(self) -> bool:
-        """Find the unit groups again if the network's structure changed; returns whether it did."""
-        if structure_signature(self.network) == self._signature:
-            return False
-        try:
-            self.modules, self.module_names = rebind_modules(self.network, self.modules, self.module_names)
-            self._discover(self._example)
-        except ValueError as error:
-            raise ValueError(
-                f"{self.name}: after a change of the network's structure (e.g. plasticity injection): {error}"
-            ) from error
-        return True
 
     def structure_changed(self) -> None:
         """The network's structure changed (plasticity injection): find the unit groups again now."""

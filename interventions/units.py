@@ -40,7 +40,8 @@ from torch.optim import Optimizer
 
 from plasticrl.networks import ACTIVATION_TYPES, XavierUniformInit, get_initializer, reinitialize_
 
-from .binding import mirror_module, qualified_name
+from .base import Intervention
+from .binding import mirror_module, qualified_name, rebind_modules, structure_signature
 from .diagnostics import output_tensors, probe_mode, run_forward, slice_batch
 from .optim import zero_state_entries_
 
@@ -433,3 +434,24 @@ def sync_group_(group: UnitGroup, mirror: UnitGroup) -> None:
         pairs += [(o.layer, m.layer) for o, m in zip(group.outgoing, mirror.outgoing)]
         for source, destination in pairs:
             destination.load_state_dict(source.state_dict())
+
+
+class UnitRecycler(Intervention):
+    """What ReDo and continual backprop share: their unit groups are found on an example batch
+    (``_discover``) and found again when the network's structure changes (plasticity injection)."""
+
+    def _discover(self, example: Any) -> None:
+        raise NotImplementedError
+
+    def sync_structure(self) -> bool:
+        """Find the unit groups again if the network's structure changed; returns whether it did."""
+        if structure_signature(self.network) == self._signature:
+            return False
+        try:
+            self.modules, self.module_names = rebind_modules(self.network, self.modules, self.module_names)
+            self._discover(self._example)
+        except ValueError as error:
+            raise ValueError(
+                f"{self.name}: after a change of the network's structure (e.g. plasticity injection): {error}"
+            ) from error
+        return True
