@@ -155,79 +155,51 @@ def _unit_tag(tag: str, unit: str) -> str:
 
 
 @dataclass(frozen=True)
-class AgentResetConfig(ResetConfig):
-    """Reset (Nikishin et al. 2022), scheduled in gradient updates or agent steps."""
+class _ScheduledInUnits:
+    """The ``unit`` field the agents add to a scheduled intervention's config (listed first among bases,
+    so that ``unit`` comes after the intervention's own fields and its checks run first)."""
 
     unit: ScheduleUnit = "update"
     """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # type: ignore[misc]
         _check_unit(self.unit)
 
     def tag(self) -> str:
         """Run-name fragment, e.g. ``reset-all-e200000-step``."""
-        return _unit_tag(super().tag(), self.unit)
+        return _unit_tag(super().tag(), self.unit)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
-class AgentShrinkPerturbConfig(ShrinkPerturbConfig):
+class AgentResetConfig(_ScheduledInUnits, ResetConfig):
+    """Reset (Nikishin et al. 2022), scheduled in gradient updates or agent steps."""
+
+
+@dataclass(frozen=True)
+class AgentShrinkPerturbConfig(_ScheduledInUnits, ShrinkPerturbConfig):
     """Shrink & perturb (Ash & Adams 2020), scheduled in gradient updates or agent steps."""
 
-    unit: ScheduleUnit = "update"
-    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_unit(self.unit)
-
-    def tag(self) -> str:
-        return _unit_tag(super().tag(), self.unit)
-
 
 @dataclass(frozen=True)
-class AgentHareTortoiseConfig(HareTortoiseConfig):
+class AgentHareTortoiseConfig(_ScheduledInUnits, HareTortoiseConfig):
     """Hare & tortoise (Lee et al. 2024): EMA after every update; hare resets in updates or agent steps."""
 
     unit: ScheduleUnit = "update"
     """what the hare reset's every/at/start/until count: 'update' or 'step' (agent steps); EMA every update"""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_unit(self.unit)
-
     def tag(self) -> str:
-        return _unit_tag(super().tag(), self.unit) if self.scheduled else super().tag()
+        return super().tag() if self.scheduled else HareTortoiseConfig.tag(self)
 
 
 @dataclass(frozen=True)
-class AgentReDoConfig(ReDoConfig):
+class AgentReDoConfig(_ScheduledInUnits, ReDoConfig):
     """ReDo (Sokar et al. 2023), scheduled in gradient updates or agent steps."""
 
-    unit: ScheduleUnit = "update"
-    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_unit(self.unit)
-
-    def tag(self) -> str:
-        return _unit_tag(super().tag(), self.unit)
-
 
 @dataclass(frozen=True)
-class AgentInjectionConfig(InjectionConfig):
+class AgentInjectionConfig(_ScheduledInUnits, InjectionConfig):
     """Plasticity injection (Nikishin et al. 2023), scheduled in gradient updates or agent steps."""
-
-    unit: ScheduleUnit = "update"
-    """what every/at/start/until count: 'update' (gradient updates done) or 'step' (agent steps)"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_unit(self.unit)
-
-    def tag(self) -> str:
-        return _unit_tag(super().tag(), self.unit)
 
 
 # ----------------------------------------------------------------------------- command line
