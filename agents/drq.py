@@ -64,18 +64,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from plasticrl.agents.sac_parts import Temperature, no_weight_grads, squash_log_std, tanh_gaussian_sample
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
-from plasticrl.common import rl
-from plasticrl.common.rl import (
+from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts
+from plasticrl.common.agent_interventions import (
     AgentHareTortoiseConfig,
     AgentInjectionConfig,
     AgentReDoConfig,
     AgentResetConfig,
     AgentShrinkPerturbConfig,
+    acting_network,
+    add_penalties,
+    build_interventions,
 )
+from plasticrl.common.cli import announce, check_common_args, cli, exit_code, open_run, setup_torch
+from plasticrl.common.loop import OffPolicyLoop
 from plasticrl.envs import default_action_repeat, make_dmc
 from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
-from plasticrl.networks import MLP, DrQEncoder, OrthogonalInit, QEnsemble, fresh_copy, set_initializer
+from plasticrl.networks import (
+    MLP,
+    DrQEncoder,
+    OrthogonalInit,
+    QEnsemble,
+    fresh_copy,
+    set_initializer,
+    soft_update_,
+)
 
 AGENT = "drq"
 
@@ -210,7 +224,7 @@ class Actor(nn.Module):
 
     def forward(self, conv_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw_log_std = self.trunk(self.projection(conv_features)).chunk(2, dim=-1)
-        return mean, rl.squash_log_std(raw_log_std, *self.log_std_bounds)
+        return mean, squash_log_std(raw_log_std, *self.log_std_bounds)
 
 
 class Critic(nn.Module):
@@ -247,7 +261,7 @@ class DrQNetworks(nn.Module):
         self.encoder = convs_and_projection.encoder
         self.critic = Critic(convs_and_projection.head, action_dim, args)
         self.actor = Actor(fresh_copy(convs_and_projection.head), action_dim, args)
-        self.temperature = rl.Temperature(args.init_temperature)
+        self.temperature = Temperature(args.init_temperature)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every part on float pixels in [0, 1] (probes and unit discovery; training detaches the actor)."""
@@ -303,7 +317,7 @@ def critic_loss(
     copies = next_obs_aug.shape[0] // batch_size
     with torch.no_grad():
         mean, log_std = nets.actor(nets.encoder(next_obs_aug))  # drq: the actor's convs are the critic's
-        next_action, next_log_prob = rl.tanh_gaussian_sample(mean, log_std, next_noise)
+        next_action, next_log_prob = tanh_gaussian_sample(mean, log_std, next_noise)
         next_q = target.critic(target.encoder(next_obs_aug), next_action).amin(dim=0)
         next_v = (next_q - nets.temperature() * next_log_prob).view(copies, batch_size).mean(dim=0)
         target_q = batch.reward + batch.discount * next_v
@@ -321,8 +335,8 @@ def actor_loss(
     with torch.no_grad():
         h = nets.encoder(obs_aug)
     mean, log_std = nets.actor(h)
-    action, log_prob = rl.tanh_gaussian_sample(mean, log_std, noise)
-    with rl.no_weight_grads(nets.critic):
+    action, log_prob = tanh_gaussian_sample(mean, log_std, noise)
+    with no_weight_grads(nets.critic):
         q = nets.critic(h, action).amin(dim=0)
     return (nets.temperature().detach() * log_prob - q).mean(), log_prob
 
@@ -362,7 +376,7 @@ def update(
     next_noise = torch.randn(next_obs_aug.shape[0], action_dim, device=batch.action.device)
     loss_q, q = critic_loss(nets, target, obs_aug, next_obs_aug, batch, next_noise)
     optimizers.critic.zero_grad(set_to_none=True)
-    rl.add_penalties(loss_q, penalties["critic"]).backward()
+    add_penalties(loss_q, penalties["critic"]).backward()
     optimizers.critic.step()
     metrics = {"losses/critic": loss_q.detach(), "losses/q": q.detach().mean()}
 
@@ -373,8 +387,8 @@ def update(
         loss_alpha = temperature_loss(nets, log_prob, target_entropy)
         optimizers.actor.zero_grad(set_to_none=True)
         optimizers.temperature.zero_grad(set_to_none=True)
-        total = rl.add_penalties(loss_pi, penalties["actor"])
-        (total + rl.add_penalties(loss_alpha, penalties["temperature"])).backward()
+        total = add_penalties(loss_pi, penalties["actor"])
+        (total + add_penalties(loss_alpha, penalties["temperature"])).backward()
         optimizers.actor.step()
         optimizers.temperature.step()
         metrics.update(
@@ -386,8 +400,8 @@ def update(
             }
         )
     if update_index % args.target_update_every == 0:
-        rl.soft_update_(target.encoder, nets.encoder, args.tau)
-        rl.soft_update_(target.critic, nets.critic, args.tau)
+        soft_update_(target.encoder, nets.encoder, args.tau)
+        soft_update_(target.critic, nets.critic, args.tau)
     return metrics
 
 
@@ -403,8 +417,8 @@ def make_optimizers(nets: DrQNetworks, args: Args, device: torch.device) -> Opti
 
 
 def check_args(args: Args) -> None:
-    """Errors for bad DrQ-specific values (the common flags are checked by ``rl.check_common_args``)."""
-    rl.check_common_args(args)
+    """Errors for bad DrQ-specific values (the common flags are checked by ``check_common_args``)."""
+    check_common_args(args)
     for name in ("target_augmentations", "q_augmentations", "actor_update_every", "target_update_every"):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -419,7 +433,7 @@ def check_args(args: Args) -> None:
 def main(args: Args) -> dict[str, Any]:
     """Train DrQ; returns the final summary (eval returns, steps, gradient updates, wall time)."""
     check_args(args)
-    device = rl.setup_torch(args)
+    device = setup_torch(args)
 
     def make_env(seed: int):
         return make_dmc(
@@ -463,7 +477,7 @@ def main(args: Args) -> dict[str, Any]:
         ready = buffer.num_valid() >= args.redo.batch_size
         return probe_inputs(buffer.sample(args.redo.batch_size) if ready else None, args.redo.batch_size)
 
-    interventions, penalties = rl.build_interventions(
+    interventions, penalties = build_interventions(
         args,
         nets,
         target,
@@ -478,23 +492,23 @@ def main(args: Args) -> dict[str, Any]:
     if args.compile:
         for module in (nets.encoder, nets.actor, nets.critic, target.encoder, target.critic):
             module.compile()
-    initial = rl.initial_parameters({"encoder": nets.encoder, "actor": nets.actor, "critic": nets.critic})
+    initial = initial_parameters({"encoder": nets.encoder, "actor": nets.actor, "critic": nets.critic})
 
     @torch.no_grad()
     def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        acting = rl.acting_network(nets, interventions)
+        acting = acting_network(nets, interventions)
         pixels = torch.as_tensor(obs, device=device).unsqueeze(0)
         mean, log_std = acting.actor(acting.encoder(to_float(pixels, args.channels_last)))
         if deterministic:
             return torch.tanh(mean)[0].cpu().numpy()
-        return rl.tanh_gaussian_sample(mean, log_std, torch.randn_like(mean))[0][0].cpu().numpy()
+        return tanh_gaussian_sample(mean, log_std, torch.randn_like(mean))[0][0].cpu().numpy()
 
     def diagnostics(probe: ReplayBatch) -> dict[str, float]:
         pixels = to_float(probe.obs, channels_last=False)
         with torch.no_grad():
             h = nets.encoder(pixels)
             features = nets.critic.features(h, probe.action)
-        return rl.measure_parts(
+        return measure_parts(
             {
                 "encoder": (nets.encoder, pixels),
                 "actor": (nets.actor, h),
@@ -523,9 +537,9 @@ def main(args: Args) -> dict[str, Any]:
         initial.update(state["initial"])
 
     tag = run_tag(ordered_configs(args))
-    run, checkpoint = rl.open_run(AGENT, args, tag)
-    rl.announce(AGENT, args, run, env_steps_per_step=action_repeat)
-    loop = rl.OffPolicyLoop(
+    run, checkpoint = open_run(AGENT, args, tag)
+    announce(AGENT, args, run, env_steps_per_step=action_repeat)
+    loop = OffPolicyLoop(
         agent=AGENT,
         args=args,
         run=run,
@@ -556,4 +570,4 @@ def main(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(rl.exit_code(main(rl.cli(Args))))
+    sys.exit(exit_code(main(cli(Args))))

@@ -48,18 +48,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from plasticrl.agents.sac_parts import Temperature, no_weight_grads, squash_log_std, tanh_gaussian_sample
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
-from plasticrl.common import rl
-from plasticrl.common.rl import (
+from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts
+from plasticrl.common.agent_interventions import (
     AgentHareTortoiseConfig,
     AgentInjectionConfig,
     AgentReDoConfig,
     AgentResetConfig,
     AgentShrinkPerturbConfig,
+    acting_network,
+    add_penalties,
+    build_interventions,
 )
+from plasticrl.common.cli import announce, check_common_args, cli, exit_code, open_run, setup_torch
+from plasticrl.common.loop import OffPolicyLoop
 from plasticrl.envs import make_dmc
 from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
-from plasticrl.networks import MLP, OrthogonalInit, QEnsemble, set_initializer
+from plasticrl.networks import MLP, OrthogonalInit, QEnsemble, set_initializer, soft_update_
 
 AGENT = "sac"
 
@@ -182,7 +188,7 @@ class Actor(MLP):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw_log_std = super().forward(obs).chunk(2, dim=-1)
-        return mean, rl.squash_log_std(raw_log_std, *self.log_std_bounds)
+        return mean, squash_log_std(raw_log_std, *self.log_std_bounds)
 
 
 class SACNetworks(nn.Module):
@@ -198,7 +204,7 @@ class SACNetworks(nn.Module):
         )
         # jaxrl critic_net.py: MLP with default_init (orthogonal √2) on every layer, the output included.
         set_initializer(self.critic, OrthogonalInit(math.sqrt(2.0)), types=(nn.Linear,))
-        self.temperature = rl.Temperature(args.init_temperature)
+        self.temperature = Temperature(args.init_temperature)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Q-values of both critics and the actor's (μ, log σ): every part, for probes and unit discovery."""
@@ -218,7 +224,7 @@ def critic_loss(
     """
     with torch.no_grad():
         mean, log_std = nets.actor(batch.next_obs)
-        next_action, next_log_prob = rl.tanh_gaussian_sample(mean, log_std, next_noise)
+        next_action, next_log_prob = tanh_gaussian_sample(mean, log_std, next_noise)
         next_q = target.critic(batch.next_obs, next_action).amin(dim=0)
         target_q = batch.reward + batch.discount * (next_q - nets.temperature() * next_log_prob)
     q = nets.critic(batch.obs, batch.action)
@@ -230,8 +236,8 @@ def actor_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """mean_b (α·log π(a|s) − min_i Q_i(s, a)), a = tanh(μ + σ·noise), α fixed. Returns (loss, log π)."""
     mean, log_std = nets.actor(obs)
-    action, log_prob = rl.tanh_gaussian_sample(mean, log_std, noise)
-    with rl.no_weight_grads(nets.critic):
+    action, log_prob = tanh_gaussian_sample(mean, log_std, noise)
+    with no_weight_grads(nets.critic):
         q = nets.critic(obs, action).amin(dim=0)
     return (nets.temperature().detach() * log_prob - q).mean(), log_prob
 
@@ -270,16 +276,16 @@ def update(
     same numbers as a backward and a step per loss, with one autograd pass fewer."""
     loss_q, q = critic_loss(nets, target, batch, torch.randn_like(batch.action))
     optimizers.critic.zero_grad(set_to_none=True)
-    rl.add_penalties(loss_q, penalties["critic"]).backward()
+    add_penalties(loss_q, penalties["critic"]).backward()
     optimizers.critic.step()
-    rl.soft_update_(target.critic, nets.critic, args.tau)
+    soft_update_(target.critic, nets.critic, args.tau)
 
     loss_pi, log_prob = actor_loss(nets, batch.obs, torch.randn_like(batch.action))
     loss_alpha = temperature_loss(nets, log_prob, target_entropy)  # before the actor step: same value
     optimizers.actor.zero_grad(set_to_none=True)
     optimizers.temperature.zero_grad(set_to_none=True)
-    total = rl.add_penalties(loss_pi, penalties["actor"])
-    (total + rl.add_penalties(loss_alpha, penalties["temperature"])).backward()
+    total = add_penalties(loss_pi, penalties["actor"])
+    (total + add_penalties(loss_alpha, penalties["temperature"])).backward()
     optimizers.actor.step()
     optimizers.temperature.step()
     return {
@@ -307,8 +313,8 @@ def make_optimizers(nets: SACNetworks, args: Args, device: torch.device) -> Opti
 
 def main(args: Args) -> dict[str, Any]:
     """Train SAC; returns the final summary (eval returns, steps, gradient updates, wall time)."""
-    rl.check_common_args(args)
-    device = rl.setup_torch(args)
+    check_common_args(args)
+    device = setup_torch(args)
     env = make_dmc(args.env_id, args.seed)
     eval_env = make_dmc(args.env_id, args.seed + 42)  # train_dense.py: eval env seed + 42
     obs_dim = int(np.prod(env.observation_space.shape))
@@ -330,7 +336,7 @@ def main(args: Args) -> dict[str, Any]:
         ready = buffer.num_valid() >= args.redo.batch_size
         return probe_inputs(buffer.sample(args.redo.batch_size) if ready else None, args.redo.batch_size)
 
-    interventions, penalties = rl.build_interventions(
+    interventions, penalties = build_interventions(
         args,
         nets,
         target,
@@ -346,23 +352,23 @@ def main(args: Args) -> dict[str, Any]:
         nets.actor.compile()
         nets.critic.compile()
         target.critic.compile()
-    initial = rl.initial_parameters({"actor": nets.actor, "critic": nets.critic})
+    initial = initial_parameters({"actor": nets.actor, "critic": nets.critic})
 
     @torch.no_grad()
     def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        actor = rl.acting_network(nets, interventions).actor
+        actor = acting_network(nets, interventions).actor
         mean, log_std = actor(torch.as_tensor(obs, device=device).unsqueeze(0))
         action = (
             torch.tanh(mean)
             if deterministic
-            else rl.tanh_gaussian_sample(mean, log_std, torch.randn_like(mean))[0]
+            else tanh_gaussian_sample(mean, log_std, torch.randn_like(mean))[0]
         )
         return action[0].cpu().numpy()
 
     def diagnostics(probe: ReplayBatch) -> dict[str, float]:
         with torch.no_grad():
             features = nets.critic.features(probe.obs, probe.action)
-        return rl.measure_parts(
+        return measure_parts(
             {"actor": (nets.actor, probe.obs), "critic": (nets.critic, (probe.obs, probe.action))},
             initial,
             dormant_threshold=args.dormant_threshold,
@@ -387,9 +393,9 @@ def main(args: Args) -> dict[str, Any]:
         initial.update(state["initial"])
 
     tag = run_tag(ordered_configs(args))
-    run, checkpoint = rl.open_run(AGENT, args, tag)
-    rl.announce(AGENT, args, run)
-    loop = rl.OffPolicyLoop(
+    run, checkpoint = open_run(AGENT, args, tag)
+    announce(AGENT, args, run)
+    loop = OffPolicyLoop(
         agent=AGENT,
         args=args,
         run=run,
@@ -416,4 +422,4 @@ def main(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(rl.exit_code(main(rl.cli(Args))))
+    sys.exit(exit_code(main(cli(Args))))

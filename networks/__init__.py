@@ -38,6 +38,7 @@ from .layers import (
 )
 from .mlp import MLP, mlp_param_count, param_matched_hidden_dims
 from .resnet import BasicBlock, ResNet18
+from .target import soft_update_
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -74,4 +75,5 @@ __all__ = [
     "reinitialize_",
     "same_padding",
     "set_initializer",
+    "soft_update_",
 ]

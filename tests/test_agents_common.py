@@ -13,7 +13,19 @@ import torch
 from torch import nn
 
 from plasticrl.agents import drq, sac
-from plasticrl.common import rl
+from plasticrl.agents.sac_parts import Temperature, no_weight_grads, squash_log_std, tanh_gaussian_sample
+from plasticrl.common.agent_interventions import (
+    AgentHareTortoiseConfig,
+    AgentInjectionConfig,
+    AgentResetConfig,
+    AgentShrinkPerturbConfig,
+    build_interventions,
+    l2_penalty,
+    schedule_lines,
+)
+from plasticrl.common.cli import cli, dataclass_from_dict, exit_code
+from plasticrl.common.env_state import ResumableEnv
+from plasticrl.common.evaluation import evaluate
 from plasticrl.envs import make_dmc
 from plasticrl.interventions import (
     CBPConfig,
@@ -27,7 +39,7 @@ from plasticrl.interventions import (
     ShrinkPerturbConfig,
     find_unit_groups,
 )
-from plasticrl.networks import EnsembleMLP, QEnsemble, capture_activations, reinitialize_
+from plasticrl.networks import EnsembleMLP, QEnsemble, capture_activations, reinitialize_, soft_update_
 
 # ----------------------------------------------------------------------------- ensemble
 
@@ -157,7 +169,7 @@ def test_continual_backprop_sees_ensemble_activations_during_training():
 def test_tanh_gaussian_log_prob_matches_change_of_variables():
     torch.manual_seed(0)
     mean, log_std, noise = torch.randn(64, 3), torch.rand(64, 3) - 1.5, torch.randn(64, 3)
-    action, log_prob = rl.tanh_gaussian_sample(mean, log_std, noise)
+    action, log_prob = tanh_gaussian_sample(mean, log_std, noise)
     pre = mean.double() + log_std.double().exp() * noise.double()
     density = torch.distributions.Normal(mean.double(), log_std.double().exp()).log_prob(pre)
     expected = (density - torch.log1p(-(torch.tanh(pre) ** 2))).sum(-1)
@@ -167,7 +179,7 @@ def test_tanh_gaussian_log_prob_matches_change_of_variables():
 
 def test_squash_log_std_maps_into_the_bounds():
     raw = torch.tensor([-1e4, 0.0, 1e4])
-    assert rl.squash_log_std(raw, -10.0, 2.0).tolist() == [-10.0, -4.0, 2.0]
+    assert squash_log_std(raw, -10.0, 2.0).tolist() == [-10.0, -4.0, 2.0]
 
 
 def test_soft_update_is_a_lerp_toward_the_online_weights():
@@ -175,27 +187,27 @@ def test_soft_update_is_a_lerp_toward_the_online_weights():
     expected = [
         (1 - 0.1) * t.detach() + 0.1 * o.detach() for t, o in zip(target.parameters(), online.parameters())
     ]
-    rl.soft_update_(target, online, 0.1)
+    soft_update_(target, online, 0.1)
     for value, want in zip(target.parameters(), expected):
         torch.testing.assert_close(value, want)
 
 
 def test_temperature_starts_and_resets_at_its_initial_value():
-    temperature = rl.Temperature(0.1)
+    temperature = Temperature(0.1)
     assert temperature().item() == pytest.approx(0.1)
     with torch.no_grad():
         temperature.log_alpha.add_(3.0)
     reinitialize_(temperature)
     assert temperature().item() == pytest.approx(0.1)
     with pytest.raises(ValueError, match="initial temperature"):
-        rl.Temperature(0.0)
+        Temperature(0.0)
 
 
 def test_no_weight_grads_keeps_input_gradients_and_frozen_parameters_frozen():
     net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
     net[1].bias.requires_grad_(False)
     x = torch.randn(4, 2, requires_grad=True)
-    with rl.no_weight_grads(net):
+    with no_weight_grads(net):
         net(x).sum().backward()
     assert x.grad is not None and all(p.grad is None for p in net.parameters())
     assert [p.requires_grad for p in net.parameters()] == [True, True, True, False]
@@ -205,7 +217,7 @@ def test_no_weight_grads_keeps_input_gradients_and_frozen_parameters_frozen():
 
 
 def test_resumable_env_replays_to_the_same_state():
-    env = rl.ResumableEnv(make_dmc("cartpole-swingup", 3))
+    env = ResumableEnv(make_dmc("cartpole-swingup", 3))
     rng = np.random.default_rng(0)
     env.reset()
     for _ in range(1000):  # finish a first episode so the task RNG has moved
@@ -216,7 +228,7 @@ def test_resumable_env_replays_to_the_same_state():
         env.step(rng.uniform(-1, 1, 1).astype(np.float32))
     state = env.state_dict()
     assert state["actions"].shape == (37, 1)
-    copy_env = rl.ResumableEnv(make_dmc("cartpole-swingup", 3))
+    copy_env = ResumableEnv(make_dmc("cartpole-swingup", 3))
     copy_env.load_state_dict(state)
     np.testing.assert_array_equal(copy_env.obs, env.obs)
     action = np.array([0.3], dtype=np.float32)
@@ -245,7 +257,7 @@ class _CountingEnv(gym.Env):
 
 def test_evaluate_returns_one_total_per_episode():
     calls = []
-    returns = rl.evaluate(lambda obs: calls.append(obs) or np.zeros(1), _CountingEnv(4), 3)
+    returns = evaluate(lambda obs: calls.append(obs) or np.zeros(1), _CountingEnv(4), 3)
     assert returns == [10.0, 10.0, 10.0]
     assert len(calls) == 12
 
@@ -254,25 +266,25 @@ def test_evaluate_returns_one_total_per_episode():
 
 
 def test_args_round_trip_through_the_saved_config():
-    reset = rl.AgentResetConfig(every=5, modules=("actor", "critic.head"), unit="step")
+    reset = AgentResetConfig(every=5, modules=("actor", "critic.head"), unit="step")
     args = sac.Args(hidden_dims=(8, 4), reset=reset)
     saved = json.loads(json.dumps(dataclasses.asdict(args)))
-    assert rl.dataclass_from_dict(sac.Args, saved) == args
+    assert dataclass_from_dict(sac.Args, saved) == args
 
 
 def test_cli_resume_takes_defaults_from_the_saved_config(tmp_path):
-    args = sac.Args(env_id="walker-walk", replay_ratio=4.0, reset=rl.AgentResetConfig(every=7, unit="step"))
+    args = sac.Args(env_id="walker-walk", replay_ratio=4.0, reset=AgentResetConfig(every=7, unit="step"))
     (tmp_path / "config.json").write_text(json.dumps({"args": dataclasses.asdict(args)}))
-    parsed = rl.cli(sac.Args, ["--resume", str(tmp_path), "--total-steps", "99"])
+    parsed = cli(sac.Args, ["--resume", str(tmp_path), "--total-steps", "99"])
     assert parsed == dataclasses.replace(args, resume=str(tmp_path), total_steps=99)
 
 
 def test_cli_spells_the_schedule_unit_per_flag_group():
-    args = rl.cli(sac.Args, ["--reset.every", "200000", "--reset.unit", "step"])
-    assert args.reset == rl.AgentResetConfig(every=200000, modules=("all",), unit="step")
+    args = cli(sac.Args, ["--reset.every", "200000", "--reset.unit", "step"])
+    assert args.reset == AgentResetConfig(every=200000, modules=("all",), unit="step")
     assert args.reset.tag() == "reset-all-e200000-step" and sac.Args().shrink_perturb.unit == "update"
     with pytest.raises(ValueError, match="unit must be 'update'"):
-        rl.AgentResetConfig(every=1, unit="epoch")
+        AgentResetConfig(every=1, unit="epoch")
 
 
 def _sac_parts(args: sac.Args):
@@ -292,7 +304,7 @@ def test_unknown_part_is_a_clear_error_naming_the_flag_and_the_parts():
     args = sac.Args(hidden_dims=(256, 256), shrink_perturb=ShrinkPerturbConfig(every=3, modules=("encoder",)))
     nets, target, _, parts, inputs = _sac_parts(args)
     with pytest.raises(ValueError) as error:
-        rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+        build_interventions(args, nets, target, parts, lambda: inputs, inputs)
     message = str(error.value)
     assert message == (
         "--shrink-perturb.modules encoder: SACNetworks has no part named 'encoder'. This agent's parts: "
@@ -302,7 +314,7 @@ def test_unknown_part_is_a_clear_error_naming_the_flag_and_the_parts():
 
 
 def _bound(args, nets, target, parts, inputs):
-    interventions, penalties = rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    interventions, penalties = build_interventions(args, nets, target, parts, lambda: inputs, inputs)
     return {i.name: i for i in interventions}, penalties
 
 
@@ -357,12 +369,12 @@ def test_drq_intervention_defaults_are_the_primacy_bias_reset_and_no_temperature
 def test_step_unit_schedules_act_at_agent_steps_and_the_ema_runs_every_update():
     args = sac.Args(
         hidden_dims=(8,),
-        hare_tortoise=rl.AgentHareTortoiseConfig(enabled=True, every=3, unit="step", momentum=0.5),
-        shrink_perturb=rl.AgentShrinkPerturbConfig(every=2, modules=("actor",)),  # update unit
-        reset=rl.AgentResetConfig(at=(2,), modules=("critic.head",), unit="step"),
+        hare_tortoise=AgentHareTortoiseConfig(enabled=True, every=3, unit="step", momentum=0.5),
+        shrink_perturb=AgentShrinkPerturbConfig(every=2, modules=("actor",)),  # update unit
+        reset=AgentResetConfig(at=(2,), modules=("critic.head",), unit="step"),
     )
     nets, target, opts, parts, inputs = _sac_parts(args)
-    interventions, _ = rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    interventions, _ = build_interventions(args, nets, target, parts, lambda: inputs, inputs)
     assert interventions.step_unit == {"hare_tortoise", "reset"}
     ht = next(i for i in interventions if i.name == "hare_tortoise")
     tortoise = ht.tortoise.actor.head.weight
@@ -383,47 +395,47 @@ def test_step_unit_schedules_act_at_agent_steps_and_the_ema_runs_every_update():
 def test_l2_init_is_split_by_the_loss_that_trains_each_part():
     args = sac.Args(hidden_dims=(8,), l2_init=L2InitConfig(enabled=True, modules=("actor.head", "critic")))
     nets, target, _, parts, inputs = _sac_parts(args)
-    interventions, penalties = rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    interventions, penalties = build_interventions(args, nets, target, parts, lambda: inputs, inputs)
     assert [i.name for i in interventions] == ["l2_init_critic", "l2_init_actor"]
     assert penalties["temperature"] == []
     assert {id(p) for p in penalties["actor"][0].params} == {id(p) for p in nets.actor.head.parameters()}
     with torch.no_grad():
         nets.actor.head.weight.add_(1.0)
     expected = 1e-2 * nets.actor.head.weight.numel()
-    assert float(rl.l2_penalty(penalties["actor"]).detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(l2_penalty(penalties["actor"]).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_schedule_lines_give_both_units_with_the_learning_starts_offset():
-    args = sac.Args(replay_ratio=32.0, reset=rl.AgentResetConfig(every=6_400_000))
-    assert rl.schedule_lines(args) == [
+    args = sac.Args(replay_ratio=32.0, reset=AgentResetConfig(every=6_400_000))
+    assert schedule_lines(args) == [
         "--reset: every 6400000 updates = after agent steps 210000, 410000, 610000, ... "
         "(learning starts 10000, replay ratio 32)"
     ]
-    args = dataclasses.replace(args, reset=rl.AgentResetConfig(every=200_000, unit="step"))
-    assert rl.schedule_lines(args) == [
+    args = dataclasses.replace(args, reset=AgentResetConfig(every=200_000, unit="step"))
+    assert schedule_lines(args) == [
         "--reset: every 200000 agent steps = after agent steps 200000, 400000, 600000, ... "
         "(after updates 6080000, 12480000, 18880000, ...) (learning starts 10000, replay ratio 32)"
     ]
     args = drq.Args(
         total_steps=250_000,
         replay_ratio=0.5,
-        reset=rl.AgentResetConfig(every=100_000, unit="step"),
-        injection=rl.AgentInjectionConfig(at=(3000, 999_999)),
+        reset=AgentResetConfig(every=100_000, unit="step"),
+        injection=AgentInjectionConfig(at=(3000, 999_999)),
     )
-    assert rl.schedule_lines(args, env_steps_per_step=8) == [
+    assert schedule_lines(args, env_steps_per_step=8) == [
         "--reset: every 100000 agent steps = after agent steps 100000, 200000 = env steps 800000, 1600000 "
         "(after updates 49500, 99500) (learning starts 1000, replay ratio 0.5)",
         "--injection: at updates 3000, 999999 = after agent steps 7000 = env steps 56000 "
         "(learning starts 1000, replay ratio 0.5)",
     ]
-    late = dataclasses.replace(args, injection=rl.AgentInjectionConfig(at=(999_999,)), reset=ResetConfig())
-    assert rl.schedule_lines(late) == [
+    late = dataclasses.replace(args, injection=AgentInjectionConfig(at=(999_999,)), reset=ResetConfig())
+    assert schedule_lines(late) == [
         "--injection: at updates 999999: never within --total-steps 250000 "
         "(learning starts 1000, replay ratio 0.5)"
     ]
 
 
 def test_exit_code():
-    assert rl.exit_code({"interrupted": None}) == 0
-    assert rl.exit_code({"interrupted": "SIGTERM"}) == 143
-    assert rl.exit_code({"interrupted": "SIGINT"}) == 130
+    assert exit_code({"interrupted": None}) == 0
+    assert exit_code({"interrupted": "SIGTERM"}) == 143
+    assert exit_code({"interrupted": "SIGINT"}) == 130

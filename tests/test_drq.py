@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from plasticrl.agents import drq
 from plasticrl.buffers import ReplayBatch
-from plasticrl.common import rl
+from plasticrl.common.agent_interventions import build_interventions
 from plasticrl.interventions import (
     CBPConfig,
     HareTortoiseConfig,
@@ -209,7 +209,7 @@ def test_primacy_bias_reset_keeps_the_encoder_and_its_optimizer_state():
         "temperature": ([nets.temperature], optimizers.temperature),
     }
     inputs = (torch.zeros(2, 3, 16, 16), torch.zeros(2, 2))
-    interventions, penalties = rl.build_interventions(args, nets, target, parts, lambda: inputs, inputs)
+    interventions, penalties = build_interventions(args, nets, target, parts, lambda: inputs, inputs)
     for i in (1, 2):
         drq.update(nets, target, optimizers, batch, args, -2.0, penalties, update_index=i)
     encoder = {k: v.clone() for k, v in nets.encoder.state_dict().items()}

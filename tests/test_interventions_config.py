@@ -418,7 +418,7 @@ def test_agents_bind_interventions_in_the_application_order():
     from torch import nn
 
     from plasticrl.agents.sac import Args
-    from plasticrl.common.rl import build_interventions
+    from plasticrl.common.agent_interventions import build_interventions
     from plasticrl.interventions import HareTortoiseConfig, ReDoConfig, ResetConfig
 
     net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))

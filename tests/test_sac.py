@@ -21,7 +21,11 @@ import torch
 
 from plasticrl.agents import sac
 from plasticrl.buffers import ReplayBatch
-from plasticrl.common import NonFiniteLossError, rl
+from plasticrl.common import NonFiniteLossError
+from plasticrl.common import loop as agent_loop
+from plasticrl.common.agent_interventions import build_interventions
+from plasticrl.common.cli import exit_code
+from plasticrl.common.loop import NONFINITE_CHECKPOINT_FILE
 from plasticrl.interventions import (
     CBPConfig,
     HareTortoiseConfig,
@@ -32,6 +36,7 @@ from plasticrl.interventions import (
     ResetConfig,
     ShrinkPerturbConfig,
 )
+from plasticrl.networks import soft_update_
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,7 +189,7 @@ def _two_pass_update(nets, target, optimizers, batch, args, target_entropy):
     optimizers.critic.zero_grad(set_to_none=True)
     loss_q.backward()
     optimizers.critic.step()
-    rl.soft_update_(target.critic, nets.critic, args.tau)
+    soft_update_(target.critic, nets.critic, args.tau)
     loss_pi, log_prob = sac.actor_loss(nets, batch.obs, torch.randn_like(batch.action))
     optimizers.actor.zero_grad(set_to_none=True)
     loss_pi.backward()
@@ -221,7 +226,7 @@ def test_primacy_bias_reset_recreates_the_whole_agent_and_syncs_the_target():
         "actor": ([nets.actor], optimizers.actor),
         "temperature": ([nets.temperature], optimizers.temperature),
     }
-    interventions, penalties = rl.build_interventions(
+    interventions, penalties = build_interventions(
         args, nets, target, parts, lambda: None, (batch.obs, batch.action)
     )
     sac.update(nets, target, optimizers, batch, args, -1.0, penalties)
@@ -457,7 +462,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_matches(tmp_path, refer
         stopped = sac.main(args)
     finally:
         timer.cancel()
-    assert stopped["interrupted"] == "SIGTERM" and rl.exit_code(stopped) == 143
+    assert stopped["interrupted"] == "SIGTERM" and exit_code(stopped) == 143
     run_dir = Path(stopped["run_dir"])
     assert not (run_dir / "result.json").exists()
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == stopped["steps"]
@@ -472,7 +477,7 @@ def test_non_finite_loss_stops_the_run_with_a_checkpoint_and_a_message(tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss losses/\w+ = .* first at update \d+"):
         sac.main(args)
     [run_dir] = (tmp_path / "runs").iterdir()
-    assert (run_dir / rl.NONFINITE_CHECKPOINT_FILE).is_file()
+    assert (run_dir / NONFINITE_CHECKPOINT_FILE).is_file()
     assert not (run_dir / "result.json").exists()
 
 
@@ -549,7 +554,7 @@ def test_resume_needs_a_checkpoint_and_matching_flags(tmp_path):
 def _signal_during_evaluation(monkeypatch, at_call: int) -> list:
     """Make the ``at_call``-th evaluation receive SIGTERM just before its first env step."""
     calls = []
-    evaluate = rl.evaluate
+    evaluate = agent_loop.evaluate
 
     def evaluate_then_signal(policy, env, episodes, should_stop=None):
         calls.append(episodes)
@@ -557,7 +562,7 @@ def _signal_during_evaluation(monkeypatch, at_call: int) -> list:
             os.kill(os.getpid(), signal.SIGTERM)
         return evaluate(policy, env, episodes, should_stop)
 
-    monkeypatch.setattr(rl, "evaluate", evaluate_then_signal)
+    monkeypatch.setattr(agent_loop, "evaluate", evaluate_then_signal)
     return calls
 
 

@@ -94,7 +94,7 @@ def test_harness_and_agents_share_the_same_class_objects():
     """Import identity: the classes the harness builds are the very objects the agents use (one module
     each, not a second copy imported under another name)."""
     from plasticrl.agents import drq, sac
-    from plasticrl.common import rl
+    from plasticrl.common import agent_interventions as agent
     from plasticrl.supervised import config as supervised_config
     from plasticrl.supervised import models, protocols, schedule
 
@@ -108,16 +108,16 @@ def test_harness_and_agents_share_the_same_class_objects():
         "ShrinkPerturb",
         "PlasticityInjection",
     ):
-        assert getattr(schedule, name) is getattr(rl, name) is getattr(interventions, name), name
-    assert schedule.L2Init is rl.L2Init and schedule.InterventionSet is rl.InterventionSet
-    assert protocols.Reset is rl.Reset and protocols.PlasticityMonitor is interventions.PlasticityMonitor
+        assert getattr(schedule, name) is getattr(agent, name) is getattr(interventions, name), name
+    assert schedule.L2Init is agent.L2Init and schedule.InterventionSet is agent.InterventionSet
+    assert protocols.Reset is agent.Reset and protocols.PlasticityMonitor is interventions.PlasticityMonitor
     assert supervised_config.CBPConfig is sac.CBPConfig and supervised_config.L2InitConfig is sac.L2InitConfig
     for mine, theirs in (
-        (supervised_config.SupervisedResetConfig, rl.ResetConfig),
-        (supervised_config.SupervisedShrinkPerturbConfig, rl.ShrinkPerturbConfig),
-        (supervised_config.SupervisedHareTortoiseConfig, rl.HareTortoiseConfig),
-        (supervised_config.SupervisedReDoConfig, rl.ReDoConfig),
-        (supervised_config.SupervisedInjectionConfig, rl.InjectionConfig),
+        (supervised_config.SupervisedResetConfig, agent.ResetConfig),
+        (supervised_config.SupervisedShrinkPerturbConfig, agent.ShrinkPerturbConfig),
+        (supervised_config.SupervisedHareTortoiseConfig, agent.HareTortoiseConfig),
+        (supervised_config.SupervisedReDoConfig, agent.ReDoConfig),
+        (supervised_config.SupervisedInjectionConfig, agent.InjectionConfig),
     ):
         assert issubclass(mine, theirs)
     # the repository folders are only ever imported as plasticrl.<name>

@@ -1,0 +1,172 @@
+"""The agents' command line: parsing (with ``--resume``), argument checks, run setup, one-line errors.
+
+- :func:`cli` — tyro command line; with ``--resume RUN_DIR`` the saved config supplies the defaults.
+- :func:`check_common_args` — clear errors for bad values of the common flags (DESIGN.md §2).
+- :func:`setup_torch`, :func:`open_run`, :func:`announce` — threads, seeds and device; the run directory
+  (new or resumed); the run directory and intervention schedules printed at start.
+- :func:`exit_code` — the process exit status of a finished or signalled run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from plasticrl.buffers import exact_ratio
+
+from .agent_interventions import schedule_lines
+from .run import CONFIG_FILE, Run, config_dict, seed_everything, select_device
+
+__all__ = [
+    "RESUME_IGNORED_FIELDS",
+    "announce",
+    "check_common_args",
+    "cli",
+    "dataclass_from_dict",
+    "exit_code",
+    "open_run",
+    "setup_torch",
+]
+
+T = TypeVar("T")
+
+# Fields that may differ between the saved config and the flags of a resumed run.
+RESUME_IGNORED_FIELDS = ("resume", "total_steps", "device", "threads", "run_dir")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild a (nested) dataclass from ``dataclasses.asdict``-style JSON data (lists → tuples)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        hint = hints.get(field.name)
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = dataclass_from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return cls(**values)
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def cli(args_type: type[T], argv: Sequence[str] | None = None) -> T:
+    """Parse the command line into ``args_type`` with tyro.
+
+    With ``--resume RUN_DIR`` the run's saved ``config.json`` gives the defaults, so
+    ``python agents/sac.py --resume RUN_DIR`` continues a run without repeating its flags; flags that
+    are given must agree with the saved ones (checked when the run is reopened).
+    """
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = None
+    resume = _flag_value(argv, "--resume")
+    if resume and (Path(resume) / CONFIG_FILE).is_file():
+        saved = json.loads((Path(resume) / CONFIG_FILE).read_text())["args"]
+        default = dataclasses.replace(dataclass_from_dict(args_type, saved), resume=resume)
+    return tyro.cli(args_type, args=argv, default=default)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"--{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+
+
+def check_common_args(args: Any) -> None:
+    """Raise a ValueError/TypeError naming the flag for bad values of the common flags."""
+    _check_int("total-steps", args.total_steps, 1)
+    try:
+        exact_ratio(args.replay_ratio)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"--replay-ratio {args.replay_ratio!r}: {error}") from None
+    _check_int("learning-starts", args.learning_starts, 0)
+    if args.learning_starts >= args.total_steps:
+        raise ValueError(
+            f"--learning-starts {args.learning_starts} must be below --total-steps {args.total_steps}, "
+            "or no gradient update would ever run"
+        )
+    _check_int("batch-size", args.batch_size, 1)
+    if args.learning_starts < args.batch_size:
+        raise ValueError(
+            f"--learning-starts {args.learning_starts} must be at least --batch-size {args.batch_size}: "
+            "the first update samples a batch from the transitions collected before it"
+        )
+    _check_int("eval-every", args.eval_every, 1)
+    _check_int("eval-episodes", args.eval_episodes, 1)
+    _check_int("log-every", args.log_every, 1)
+    _check_int("diagnostics-every", args.diagnostics_every, 0)
+    _check_int("checkpoint-every", args.checkpoint_every, 0)
+    _check_int("buffer-size", args.buffer_size, 2)
+    _check_int("probe-batch-size", args.probe_batch_size, 2)
+    _check_int("threads", args.threads, 0)
+    if not 0.0 <= float(args.gamma) <= 1.0:
+        raise ValueError(f"--gamma must be in [0, 1], got {args.gamma}")
+    if not 0.0 < float(args.tau) <= 1.0:
+        raise ValueError(f"--tau must be in (0, 1], got {args.tau}")
+
+
+def setup_torch(args: Any) -> torch.device:
+    """Threads, seeds and the device, in that order (call before building anything random)."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    return select_device(args.device)
+
+
+def open_run(agent: str, args: Any, tag: str) -> tuple[Run, dict | None]:
+    """Create the run directory, or reopen ``args.resume`` and return its checkpoint.
+
+    A resume that cannot continue (the checkpoint already reached ``--total-steps``) is refused before
+    any file of the run directory is touched.
+    """
+    if args.resume:
+
+        def check(checkpoint: Mapping[str, Any]) -> None:
+            reached = int(checkpoint["global_step"])
+            if reached >= args.total_steps and not checkpoint.get("step_pending", False):
+                raise ValueError(
+                    f"--resume: the run already reached step {reached} >= --total-steps {args.total_steps}; "
+                    "pass a larger --total-steps to continue it"
+                )
+
+        defaults = config_dict(type(args)()) if dataclasses.is_dataclass(args) else None
+        return Run.resume(args.resume, args, ignore=RESUME_IGNORED_FIELDS, check=check, defaults=defaults)
+    return Run.create(args.run_dir, agent, args.env_id, tag, args.seed, args), None
+
+
+def announce(agent: str, args: Any, run: Run, env_steps_per_step: int = 1) -> None:
+    """Print the run directory and the intervention schedules in both units (stderr)."""
+    print(f"[{agent}] {args.env_id}: run directory {run.path}", file=sys.stderr)
+    for line in schedule_lines(args, env_steps_per_step):
+        print(f"[{agent}] {line}", file=sys.stderr)
+
+
+def exit_code(summary: Mapping[str, Any]) -> int:
+    """Process exit status for a summary: 0 when finished, 128 + signal number when stopped by one."""
+    stopped = summary.get("interrupted")
+    return 0 if stopped is None else 128 + int(getattr(signal.Signals, stopped))
+

@@ -1,0 +1,432 @@
+"""The bookkeeping around an off-policy agent's loop (:class:`OffPolicyLoop`): replay ratio, episode
+statistics, logging, evaluation, diagnostics, interventions, checkpoints, signals, non-finite losses and
+the result.
+
+Checkpoints hold everything needed to continue exactly: networks, optimizers, temperature (in the
+agent's state), interventions, replay buffer (with its RNG), replay-ratio counters, every global RNG
+state, the warm-up action RNG, the training env's episode start and actions, the evaluation env's RNG,
+counters, the probe batch and the initial parameters used by the diagnostics. A signal that arrives
+during an evaluation aborts it (within one env step) and the checkpoint says so: the resumed run
+redoes that evaluation and the rest of that step's work first, so the results stay exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from plasticrl.buffers import ReplayBatch, ReplayBuffer, ReplayRatioSchedule
+from plasticrl.interventions import InterventionSet
+
+from .env_state import ResumableEnv, env_rng_state, set_env_rng_state
+from .evaluation import evaluate
+from .files import atomic_torch_save
+from .run import (
+    CHECKPOINT_FILE,
+    NonFiniteLossError,
+    Progress,
+    Run,
+    rng_states,
+    set_rng_states,
+    stop_on_signals,
+)
+
+__all__ = ["NONFINITE_CHECKPOINT_FILE", "OffPolicyLoop"]
+
+NONFINITE_CHECKPOINT_FILE = "checkpoint.nonfinite.pt"
+
+
+def _batch_to_dict(batch: ReplayBatch | None) -> dict | None:
+    if batch is None:
+        return None
+    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+
+
+class OffPolicyLoop:
+    """Bookkeeping around an off-policy agent's loop (the agent's ``main`` stays the loop itself)::
+
+        with OffPolicyLoop(...) as loop:
+            while loop.running:
+                action = loop.random_action() if loop.warming_up else act(loop.obs)
+                for _ in range(loop.env_step(action)):   # gradient updates due (replay ratio)
+                    loop.after_update(update(...))        # metrics dict of the update
+                loop.after_step()                         # log, evaluate, step-unit interventions,
+        return loop.summary()                             # checkpoint, signals
+
+    Non-finite losses: every update's ``losses/*`` metrics are checked on the device (no host sync: a
+    flag and the first failing update's index and values are kept with ``torch.where``); log steps and
+    checkpoints read that record and stop the run naming the first failing update, its agent step and
+    the loss.
+
+    Args:
+        agent: agent name (progress bar, result).
+        args: the agent's Args (common flags, DESIGN.md §2).
+        run: the open run directory.
+        env, eval_env: training and evaluation envs (separate, differently seeded).
+        buffer: the replay buffer (its ``state_dict`` goes into checkpoints).
+        interventions: applied after every update with the update count and, for step-unit schedules
+            (:class:`AgentInterventions`), after every agent step with the step count.
+        networks: the agent's container module (checked for non-finite values before checkpoints).
+        eval_policy: deterministic policy obs → action used for evaluation.
+        agent_state / load_agent_state: networks, targets and optimizers of the agent, to and from a dict.
+        diagnostics: probe batch (on the device) → ``{tag: value}``; None disables them.
+        device: where probe batches go.
+        checkpoint: the checkpoint of a resumed run (None for a new run).
+        extra_state / load_extra_state: further state to checkpoint (e.g. θ₀ of the diagnostics).
+    """
+
+    def __init__(
+        self,
+        *,
+        agent: str,
+        args: Any,
+        run: Run,
+        env: gym.Env,
+        eval_env: gym.Env,
+        buffer: ReplayBuffer,
+        interventions: InterventionSet,
+        networks: nn.Module,
+        eval_policy: Callable[[np.ndarray], np.ndarray],
+        agent_state: Callable[[], dict],
+        load_agent_state: Callable[[dict], None],
+        diagnostics: Callable[[ReplayBatch], dict[str, float]] | None,
+        device: torch.device,
+        checkpoint: dict | None = None,
+        env_steps_per_step: int = 1,
+    ):
+        self.agent = agent
+        self.args = args
+        self.run = run
+        self.env = ResumableEnv(env)
+        self.eval_env = eval_env
+        self.buffer = buffer
+        self.interventions = interventions
+        self.networks = networks
+        self.eval_policy = eval_policy
+        self.agent_state = agent_state
+        self.diagnostics = diagnostics if args.diagnostics_every > 0 else None
+        self.device = device
+        self.env_steps_per_step = env_steps_per_step
+        self.total_steps = int(args.total_steps)
+        self.schedule = ReplayRatioSchedule(args.replay_ratio, args.learning_starts)
+        space = env.action_space
+        self._action_low = np.asarray(space.low, dtype=np.float32)
+        self._action_high = np.asarray(space.high, dtype=np.float32)
+        self.warmup_rng = np.random.default_rng(args.seed)
+        self.global_step = 0
+        self.updates = 0
+        self.last_return: float | None = None
+        self.last_metrics: dict[str, torch.Tensor] = {}
+        self.intervention_counts: dict[str, int] = {}
+        self.probe: ReplayBatch | None = None
+        self.stopped_by: str | None = None
+        self.result: dict[str, Any] | None = None
+        # Device-side record of the first update with a non-finite loss (0: none yet).
+        self._all_finite: torch.Tensor | None = None
+        self._first_bad_update: torch.Tensor | None = None
+        self._bad_values: dict[tuple[str, ...], torch.Tensor] = {}
+        # True when a signal interrupted the evaluation of ``global_step``: the rest of that step
+        # (evaluation, step-unit interventions, checkpoint, end of run) is still to do.
+        self._step_pending = False
+        self._signals: dict[str, Any] = {"signal": None}
+        self._stack = contextlib.ExitStack()
+        if checkpoint is None:
+            self.env.reset()
+        else:
+            self._restore(checkpoint, load_agent_state)
+
+    # -- context ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> OffPolicyLoop:
+        self._signals = self._stack.enter_context(stop_on_signals())
+        self.progress = Progress(
+            self.total_steps, f"{self.agent} {self.args.env_id}", initial=self.global_step
+        )
+        self._stack.callback(self.progress.close)
+        self._stack.callback(self.run.close)
+        self._start_time = time.time()
+        self._start_step = self.global_step
+        if self._step_pending:  # resumed from a checkpoint written during an evaluation
+            self._step_pending = False
+            self._end_of_step(self.global_step)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.close()
+
+    @property
+    def running(self) -> bool:
+        """More agent steps to take and no stop signal received."""
+        return self.global_step < self.total_steps and self.stopped_by is None
+
+    @property
+    def warming_up(self) -> bool:
+        """Before ``learning_starts``: act uniformly at random (all references do)."""
+        return self.global_step < self.args.learning_starts
+
+    @property
+    def obs(self) -> np.ndarray:
+        """The current observation of the training env."""
+        return self.env.obs
+
+    def random_action(self) -> np.ndarray:
+        """A uniform random action from the loop's own (checkpointed) generator."""
+        return self.warmup_rng.uniform(self._action_low, self._action_high).astype(np.float32)
+
+    # -- per step --------------------------------------------------------------------------------
+
+    def env_step(self, action: np.ndarray) -> int:
+        """Step the env, store the transition, handle an episode end; returns the updates now due."""
+        obs = self.env.obs
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        self.buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        self.global_step += 1
+        self.progress.update(1)
+        if terminated or truncated:
+            episode = info.get("episode", {})
+            self.last_return = float(np.asarray(episode.get("r", np.nan)))
+            self.run.log_scalars(
+                {
+                    "charts/episodic_return": self.last_return,
+                    "charts/episodic_length": float(np.asarray(episode.get("l", np.nan))),
+                },
+                self.global_step,
+            )
+            self.env.episodes += 1
+            self.progress.update(0, ret=self.last_return, updates=self.updates)
+            self.env.reset()
+        return self.schedule.step()
+
+    def after_update(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Count the update, keep its metrics, apply interventions, run diagnostics when due."""
+        self.updates += 1
+        self.last_metrics.update(metrics)
+        self._record_nonfinite(metrics)
+        if self.diagnostics is not None and self.probe is None:
+            size = min(self.args.probe_batch_size, self.buffer.num_valid())
+            self.probe = self.buffer.sample(size)
+        self._log_events(self.interventions.maybe_apply(self.updates))
+        if self.diagnostics is not None and self.updates % self.args.diagnostics_every == 0:
+            self.run.log_scalars(self.diagnostics(self.probe.to(self.device)), self.global_step)
+
+    def after_step(self) -> None:
+        """Log training scalars, evaluate, apply step-unit interventions, checkpoint and react to signals,
+        as due at this step (rl_with_resets train_dense.py order: updates, evaluation, reset)."""
+        step = self.global_step
+        if step % self.args.log_every == 0:
+            self._log_training(step)
+        self._end_of_step(step)
+
+    def _stop_requested(self) -> bool:
+        return self._signals.get("signal") is not None
+
+    def _end_of_step(self, step: int) -> None:
+        if step % self.args.eval_every == 0 or step == self.total_steps:
+            eval_rng = env_rng_state(self.eval_env)
+            returns = evaluate(
+                self.eval_policy, self.eval_env, self.args.eval_episodes, should_stop=self._stop_requested
+            )
+            if returns is None:  # a signal arrived: checkpoint now, redo this evaluation on resume
+                set_env_rng_state(self.eval_env, eval_rng)
+                self._step_pending = True
+                self._stop(step, "during the evaluation; the resumed run evaluates this step again")
+                return
+            self.run.log_eval(step, returns)
+        at_step = getattr(self.interventions, "at_step", None)
+        if at_step is not None:
+            self._log_events(at_step(step))
+        if self._stop_requested():
+            self._stop(step)
+        elif self.args.checkpoint_every and step % self.args.checkpoint_every == 0:
+            self.save_checkpoint()
+        if step == self.total_steps:
+            self._finish()
+
+    def _stop(self, step: int, note: str = "") -> None:
+        self.stopped_by = self._signals["signal"]
+        path = self.save_checkpoint()
+        note = f" {note}" if note else ""
+        print(
+            f"[{self.agent}] {self.stopped_by} at step {step}{note}: checkpoint written to {path}",
+            file=sys.stderr,
+        )
+
+    def _log_events(self, events: Mapping[str, float]) -> None:
+        if not events:
+            return
+        self.run.log_scalars(events, self.global_step)
+        for tag in events:
+            name = tag.split("/")[1]
+            if tag == f"interventions/{name}":
+                self.intervention_counts[name] = self.intervention_counts.get(name, 0) + 1
+
+    # -- logging and failure ---------------------------------------------------------------------
+
+    def _log_training(self, step: int) -> None:
+        elapsed = max(time.time() - self._start_time, 1e-9)
+        scalars = {
+            "charts/SPS": (step - self._start_step) / elapsed,
+            "charts/updates": float(self.updates),
+        }
+        if self.last_metrics:
+            self._check_finite(step)
+            names = list(self.last_metrics)
+            values = torch.stack([self.last_metrics[n].detach().float().cpu().reshape(()) for n in names])
+            scalars.update(zip(names, values.tolist()))
+        self.run.log_scalars(scalars, step)
+
+    def _record_nonfinite(self, metrics: Mapping[str, torch.Tensor]) -> None:
+        """Keep, on the device, the index and loss values of the first update with a non-finite loss."""
+        names = tuple(k for k in metrics if k.startswith("losses/"))
+        if not names:
+            return
+        values = torch.stack([metrics[k] for k in names])  # 0-dim detached float tensors (the agents')
+        if self._all_finite is None:
+            self._all_finite = torch.ones((), dtype=torch.bool, device=values.device)
+            self._first_bad_update = torch.zeros((), dtype=torch.int64, device=values.device)
+        finite = torch.isfinite(values).all()
+        first = self._all_finite > finite  # finite so far, not now
+        self._all_finite.logical_and_(finite)
+        self._first_bad_update.masked_fill_(first, self.updates)
+        held = self._bad_values.get(names)
+        self._bad_values[names] = torch.where(first, values, values if held is None else held)
+
+    def step_of_update(self, update: int) -> int:
+        """The agent step during which gradient update ``update`` ran: learning_starts + ⌈update / ratio⌉."""
+        return self.schedule.learning_starts + math.ceil(Fraction(update) / self.schedule.ratio)
+
+    def _check_finite(self, step: int) -> None:
+        if self._first_bad_update is None:
+            return
+        first = int(self._first_bad_update)  # the one host sync, at log steps and checkpoints
+        if first == 0:
+            return
+        bad = {}
+        for names, values in self._bad_values.items():
+            values = values.cpu()
+            for name, value in zip(names, values.tolist()):
+                if not math.isfinite(value):
+                    bad[name] = value
+        losses = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        raise self._nonfinite(
+            f"non-finite loss {losses} first at update {first} (agent step {self.step_of_update(first)}); "
+            f"detected at step {step}"
+        )
+
+    def _nonfinite(self, message: str) -> NonFiniteLossError:
+        path = self.run.path / NONFINITE_CHECKPOINT_FILE
+        atomic_torch_save(self.state_dict(), path)
+        good = self.run.path / CHECKPOINT_FILE
+        last_good = f"; the last good checkpoint is {good}" if good.is_file() else ""
+        self.run.writer.flush()
+        return NonFiniteLossError(
+            f"{message} (update {self.updates}); stopped the run; the state at detection is saved in "
+            f"{path}{last_good}"
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (see the module docstring)."""
+        return {
+            "format": 1,
+            "global_step": self.global_step,
+            "updates": self.updates,
+            "last_return": self.last_return,
+            "intervention_counts": dict(self.intervention_counts),
+            "agent": self.agent_state(),
+            "interventions": self.interventions.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng_states(),
+            "warmup_rng": self.warmup_rng.bit_generator.state,
+            "env": self.env.state_dict(),
+            "eval_env": env_rng_state(self.eval_env),
+            "probe": _batch_to_dict(self.probe),
+            "step_pending": self._step_pending,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Atomically write ``checkpoint.pt`` (after checking losses and parameters are finite)."""
+        self._check_finite(self.global_step)
+        bad = [n for n, p in self.networks.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise self._nonfinite(f"non-finite parameters {', '.join(bad[:5])} at step {self.global_step}")
+        return self.run.save_checkpoint(self.state_dict())
+
+    def _restore(self, checkpoint: dict, load_agent_state: Callable[[dict], None]) -> None:
+        reached = int(checkpoint["global_step"])
+        self._step_pending = bool(checkpoint.get("step_pending", False))
+        if reached >= self.total_steps and not self._step_pending:  # (open_run refuses this first)
+            raise ValueError(
+                f"--resume: the run already reached step {reached} >= --total-steps {self.total_steps}; "
+                "pass a larger --total-steps to continue it"
+            )
+        # Interventions first: plasticity injection re-creates modules whose values the agent's state fills.
+        self.interventions.load_state_dict(checkpoint["interventions"])
+        load_agent_state(checkpoint["agent"])
+        self.buffer.load_state_dict(checkpoint["buffer"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        self.warmup_rng.bit_generator.state = checkpoint["warmup_rng"]
+        set_env_rng_state(self.eval_env, checkpoint["eval_env"])
+        self.env.load_state_dict(checkpoint["env"])
+        self.global_step = int(checkpoint["global_step"])
+        self.updates = int(checkpoint["updates"])
+        self.last_return = checkpoint["last_return"]
+        self.intervention_counts = dict(checkpoint["intervention_counts"])
+        probe = checkpoint["probe"]
+        self.probe = None if probe is None else ReplayBatch(**probe)
+        set_rng_states(checkpoint["rng"])
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self.args.checkpoint_every:
+            self.save_checkpoint()
+        rows = self.run.eval_rows
+        means = [float(r["mean_return"]) for r in rows]
+        elapsed = time.time() - self._start_time
+        self.result = {
+            "agent": self.agent,
+            "env_id": self.args.env_id,
+            "seed": self.args.seed,
+            "final_eval_return": means[-1] if means else None,
+            "best_eval_return": max(means) if means else None,
+            "final_eval_step": int(rows[-1]["step"]) if rows else None,
+            "steps": self.global_step,
+            "env_steps": self.global_step * self.env_steps_per_step,
+            "updates": self.updates,
+            "episodes": self.env.episodes,
+            "interventions": dict(self.intervention_counts),
+            "wall_time_s": elapsed,
+            "sps": (self.global_step - self._start_step) / max(elapsed, 1e-9),
+            "run_dir": str(self.run.path),
+        }
+        self.run.write_result(self.result)
+
+    def summary(self) -> dict[str, Any]:
+        """The final result, or (stopped by a signal) the state reached with ``interrupted`` set."""
+        if self.result is not None:
+            return dict(self.result)
+        return {
+            "agent": self.agent,
+            "env_id": self.args.env_id,
+            "seed": self.args.seed,
+            "steps": self.global_step,
+            "updates": self.updates,
+            "interrupted": self.stopped_by,
+            "run_dir": str(self.run.path),
+        }
+
