@@ -77,7 +77,7 @@ from plasticrl.common.agent_interventions import (
     add_penalties,
     build_interventions,
 )
-from plasticrl.common.cli import announce, check_common_args, cli, exit_code, open_run, setup_torch
+from plasticrl.common.cli import announce, check_common_args, open_run, run_agent, setup_torch
 from plasticrl.common.loop import OffPolicyLoop
 from plasticrl.envs import default_action_repeat, make_dmc
 from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
@@ -126,6 +126,8 @@ class Args:
     """agent steps between logs of losses, SPS and update counts (one host sync each)"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
+    debug: bool = False
+    """print the full traceback of every error (bad input included), not one 'error:' line"""
 
     action_repeat: int | None = None  # None -> PlaNet table (plasticrl.envs.PLANET_ACTION_REPEAT), else 2
     """env steps per agent step (None: the PlaNet value of the task)"""
@@ -570,4 +572,4 @@ def main(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main(cli(Args))))
+    sys.exit(run_agent(main, Args))

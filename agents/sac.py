@@ -61,7 +61,7 @@ from plasticrl.common.agent_interventions import (
     add_penalties,
     build_interventions,
 )
-from plasticrl.common.cli import announce, check_common_args, cli, exit_code, open_run, setup_torch
+from plasticrl.common.cli import announce, check_common_args, open_run, run_agent, setup_torch
 from plasticrl.common.loop import OffPolicyLoop
 from plasticrl.envs import make_dmc
 from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
@@ -102,6 +102,8 @@ class Args:
     """agent steps between logs of losses, SPS and update counts (one host sync each)"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
+    debug: bool = False
+    """print the full traceback of every error (bad input included), not one 'error:' line"""
 
     batch_size: int = 256  # train_dense.py batch_size
     """transitions per gradient update"""
@@ -422,4 +424,4 @@ def main(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_code(main(cli(Args))))
+    sys.exit(run_agent(main, Args))

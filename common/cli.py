@@ -4,6 +4,8 @@
 - :func:`check_common_args` — clear errors for bad values of the common flags (DESIGN.md §2).
 - :func:`setup_torch`, :func:`open_run`, :func:`announce` — threads, seeds and device; the run directory
   (new or resumed); the run directory and intervention schedules printed at start.
+- :func:`run_agent` — an agent's ``__main__``: parse, train, exit status; bad input is one ``error:`` line
+  and status 2 (``--debug`` keeps the traceback), a non-finite run one ``error:`` line and status 1.
 - :func:`exit_code` — the process exit status of a finished or signalled run.
 """
 
@@ -11,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import sys
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +26,17 @@ import torch
 from plasticrl.buffers import exact_ratio
 
 from .agent_interventions import schedule_lines
-from .run import CONFIG_FILE, Run, config_dict, seed_everything, select_device
+from .errors import USER_ERROR_STATUS, USER_ERRORS, is_user_error
+from .run import (
+    CONFIG_FILE,
+    NonFiniteLossError,
+    Run,
+    check_resumable,
+    check_writable_dir,
+    config_dict,
+    seed_everything,
+    select_device,
+)
 
 __all__ = [
     "RESUME_IGNORED_FIELDS",
@@ -33,13 +46,16 @@ __all__ = [
     "dataclass_from_dict",
     "exit_code",
     "open_run",
+    "run_agent",
     "setup_torch",
 ]
 
 T = TypeVar("T")
 
 # Fields that may differ between the saved config and the flags of a resumed run.
-RESUME_IGNORED_FIELDS = ("resume", "total_steps", "device", "threads", "run_dir")
+RESUME_IGNORED_FIELDS = ("resume", "total_steps", "device", "threads", "run_dir", "debug")
+# Status of a run stopped because a loss, parameter or action became NaN / Inf.
+NONFINITE_STATUS = 1
 
 
 # ----------------------------------------------------------------------------- command line
@@ -71,6 +87,17 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     return None
 
 
+def _saved_args(path: Path) -> dict[str, Any]:
+    """The ``args`` of a run's ``config.json``; a ValueError naming ``--resume`` if it has none."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--resume: cannot read {str(path)!r}: {error}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
+        raise ValueError(f"--resume: {str(path)!r} is not a plasticrl run config (it has no 'args')")
+    return config["args"]
+
+
 def cli(args_type: type[T], argv: Sequence[str] | None = None) -> T:
     """Parse the command line into ``args_type`` with tyro.
 
@@ -84,7 +111,7 @@ def cli(args_type: type[T], argv: Sequence[str] | None = None) -> T:
     default = None
     resume = _flag_value(argv, "--resume")
     if resume and (Path(resume) / CONFIG_FILE).is_file():
-        saved = json.loads((Path(resume) / CONFIG_FILE).read_text())["args"]
+        saved = _saved_args(Path(resume) / CONFIG_FILE)
         default = dataclasses.replace(dataclass_from_dict(args_type, saved), resume=resume)
     return tyro.cli(args_type, args=argv, default=default)
 
@@ -125,8 +152,23 @@ def check_common_args(args: Any) -> None:
     _check_int("threads", args.threads, 0)
     if not 0.0 <= float(args.gamma) <= 1.0:
         raise ValueError(f"--gamma must be in [0, 1], got {args.gamma}")
-    if not 0.0 < float(args.tau) <= 1.0:
+    if hasattr(args, "tau") and not 0.0 < float(args.tau) <= 1.0:
         raise ValueError(f"--tau must be in (0, 1], got {args.tau}")
+    check_learning_rates(args)
+    check_writable_dir(args.run_dir, "--run-dir")
+    if args.resume:
+        check_resumable(args.resume)
+
+
+def check_learning_rates(args: Any) -> None:
+    """Every field named ``lr`` or ``*_lr`` must be a finite number > 0 (torch's optimizers would
+    otherwise fail deep inside, or train with a negative step)."""
+    for field in dataclasses.fields(args):
+        if field.name == "lr" or field.name.endswith("_lr"):
+            value = getattr(args, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                flag = field.name.replace("_", "-")
+                raise ValueError(f"--{flag} must be a finite number > 0, got {value!r}")
 
 
 def setup_torch(args: Any) -> torch.device:
@@ -163,6 +205,35 @@ def announce(agent: str, args: Any, run: Run, env_steps_per_step: int = 1) -> No
     print(f"[{agent}] {args.env_id}: run directory {run.path}", file=sys.stderr)
     for line in schedule_lines(args, env_steps_per_step):
         print(f"[{agent}] {line}", file=sys.stderr)
+
+
+def run_agent(
+    main: Callable[[T], Mapping[str, Any]], args_type: type[T], argv: Sequence[str] | None = None
+) -> int:
+    """An agent's ``__main__``: ``main(cli(args_type))`` and the process exit status.
+
+    Bad input (:func:`plasticrl.common.errors.is_user_error`: a ValueError, TypeError, OSError or
+    ImportError raised by plasticrl's own checks) prints ``error: <message>`` and returns 2, as tyro does
+    for unparsable flags; a run stopped by a non-finite loss, parameter or action prints ``error:
+    <message>`` (naming the first non-finite quantity, the update and the checkpoint written) and returns
+    1; a run stopped by a signal returns 128 + its number (:func:`exit_code`). Anything else is a bug and
+    keeps its traceback, as does every error with ``--debug``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        summary = main(cli(args_type, argv))
+    except NonFiniteLossError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return NONFINITE_STATUS
+    except USER_ERRORS as error:
+        if debug or not is_user_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_STATUS
+    return exit_code(summary)
 
 
 def exit_code(summary: Mapping[str, Any]) -> int:

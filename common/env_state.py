@@ -13,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 __all__ = ["ResumableEnv", "env_rng_state", "set_env_rng_state"]
 
@@ -68,15 +69,16 @@ class ResumableEnv:
         return next_obs, float(reward), bool(terminated), bool(truncated), info
 
     def state_dict(self) -> dict[str, Any]:
-        """Episode start RNG state, the actions of the current episode, the episode count."""
+        """Episode start RNG state, the actions of the current episode (a tensor), the episode count."""
         actions = np.stack(self._actions) if self._actions else np.zeros((0,), dtype=np.float32)
-        return {"start": self._start_state, "actions": actions, "episodes": self.episodes}
+        return {"start": self._start_state, "actions": torch.from_numpy(actions), "episodes": self.episodes}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the RNG, reset and replay the saved actions."""
         set_env_rng_state(self.env, state["start"])
         self.reset()
-        for action in state["actions"]:
+        actions = state["actions"]
+        for action in actions.numpy() if isinstance(actions, torch.Tensor) else actions:
             _, _, terminated, truncated, _ = self.step(action)
             if terminated or truncated:
                 raise RuntimeError(

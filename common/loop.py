@@ -48,10 +48,45 @@ __all__ = ["NONFINITE_CHECKPOINT_FILE", "OffPolicyLoop"]
 NONFINITE_CHECKPOINT_FILE = "checkpoint.nonfinite.pt"
 
 
+def device_description(device: torch.device) -> str:
+    """``cpu`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what a run's wall time was spent on."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def summary_line(agent: str, result: Mapping[str, Any]) -> str:
+    """The one line a finished run prints: final and best evaluation (normalised score where defined),
+    gradient updates, wall time and the run directory."""
+
+    def score(key: str) -> str:
+        value = result.get(f"{key}_eval_return")
+        if value is None:
+            return "none"
+        normalized = result.get(f"{key}_normalized_score")
+        return f"{value:.1f}" + ("" if normalized is None else f" (normalised {normalized:.3f})")
+
+    best = score("best")
+    if result.get("best_eval_step") is not None:
+        best += f" at step {result['best_eval_step']}"
+    return (
+        f"[{agent}] {result['env_id']} finished: final eval return {score('final')}, best {best}; "
+        f"{result['updates']} updates, {_duration(result['wall_time_s'])}; run directory {result['run_dir']}"
+    )
+
+
 def _batch_to_dict(batch: ReplayBatch | None) -> dict | None:
+    """A batch as a dict of tensors (None stays None), so checkpoints load with weights_only."""
     if batch is None:
         return None
-    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return {name: None if value is None else torch.as_tensor(value) for name, value in values.items()}
 
 
 class OffPolicyLoop:
@@ -164,7 +199,9 @@ class OffPolicyLoop:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._stack.close()
+        self._stack.close()  # the progress bar's last line first, then the result's
+        if self.result is not None:
+            print(summary_line(self.agent, self.result), flush=True)
 
     @property
     def running(self) -> bool:
@@ -189,6 +226,7 @@ class OffPolicyLoop:
 
     def env_step(self, action: np.ndarray) -> int:
         """Step the env, store the transition, handle an episode end; returns the updates now due."""
+        self._check_action(action)
         obs = self.env.obs
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         self.buffer.add(obs, action, reward, next_obs, terminated, truncated)
@@ -325,6 +363,22 @@ class OffPolicyLoop:
             f"detected at step {step}"
         )
 
+    def _check_action(self, action: np.ndarray) -> None:
+        """Stop the run before a NaN / Inf action reaches the env (MuJoCo would fail with a PhysicsError
+        that hides the cause), naming the first non-finite quantity: a loss, else a parameter, else the
+        action itself."""
+        if action.dtype.kind != "f" or np.isfinite(action).all():
+            return
+        self._check_finite(self.global_step)
+        bad = self._nonfinite_parameters()
+        what = f"parameters {', '.join(bad[:5])}" if bad else f"action {action.tolist()}"
+        raise self._nonfinite(
+            f"non-finite {what} before agent step {self.global_step + 1}; the action was not sent to the env"
+        )
+
+    def _nonfinite_parameters(self) -> list[str]:
+        return [n for n, p in self.networks.named_parameters() if not bool(torch.isfinite(p).all())]
+
     def _nonfinite(self, message: str) -> NonFiniteLossError:
         path = self.run.path / NONFINITE_CHECKPOINT_FILE
         atomic_torch_save(self.state_dict(), path)
@@ -361,7 +415,7 @@ class OffPolicyLoop:
     def save_checkpoint(self) -> Path:
         """Atomically write ``checkpoint.pt`` (after checking losses and parameters are finite)."""
         self._check_finite(self.global_step)
-        bad = [n for n, p in self.networks.named_parameters() if not bool(torch.isfinite(p).all())]
+        bad = self._nonfinite_parameters()
         if bad:
             raise self._nonfinite(f"non-finite parameters {', '.join(bad[:5])} at step {self.global_step}")
         return self.run.save_checkpoint(self.state_dict())
@@ -397,13 +451,15 @@ class OffPolicyLoop:
             self.save_checkpoint()
         rows = self.run.eval_rows
         means = [float(r["mean_return"]) for r in rows]
+        best = int(np.argmax(means)) if means else None
         elapsed = time.time() - self._start_time
         self.result = {
             "agent": self.agent,
             "env_id": self.args.env_id,
             "seed": self.args.seed,
             "final_eval_return": means[-1] if means else None,
-            "best_eval_return": max(means) if means else None,
+            "best_eval_return": means[best] if means else None,
+            "best_eval_step": int(rows[best]["step"]) if means else None,
             "final_eval_step": int(rows[-1]["step"]) if rows else None,
             "steps": self.global_step,
             "env_steps": self.global_step * self.env_steps_per_step,
@@ -412,6 +468,7 @@ class OffPolicyLoop:
             "interventions": dict(self.intervention_counts),
             "wall_time_s": elapsed,
             "sps": (self.global_step - self._start_step) / max(elapsed, 1e-9),
+            "device": device_description(self.device),
             "run_dir": str(self.run.path),
         }
         self.run.write_result(self.result)

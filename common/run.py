@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import re
@@ -83,6 +84,37 @@ def select_device(device: str) -> torch.device:
     raise ValueError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def check_writable_dir(path: str | os.PathLike, flag: str = "--run-dir") -> None:
+    """Raise a ValueError naming ``flag`` unless ``path`` is, or can be created as, a writable directory.
+
+    Checked before anything is written, so a run directory that cannot be made fails in one line, not
+    with a ``NotADirectoryError`` from deep inside ``mkdir``.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == path else f"lies under {str(existing)!r}, which is"
+        raise ValueError(f"{flag} {str(path)!r} {what} a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable")
+
+
+def check_resumable(path: str | os.PathLike) -> None:
+    """Raise FileNotFoundError naming ``--resume`` unless ``path`` is a run directory with a checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {str(path)!r}: no such run directory")
+    hints = {
+        CONFIG_FILE: "not a run directory",
+        CHECKPOINT_FILE: "run with --checkpoint-every > 0 to write one",
+    }
+    for name, hint in hints.items():
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"--resume {str(path)!r}: the directory holds no {name} ({hint})")
+
+
 # ----------------------------------------------------------------------------- seeding and RNG state
 
 
@@ -95,19 +127,44 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    """Every global RNG state a run draws from, for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global RNG state a run draws from, for checkpoints, as tensors and plain Python values (so
+    that the checkpoint loads with ``torch.load(weights_only=True)``)."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_states(state: Mapping[str, Any]) -> None:
+    """Restore :func:`rng_states` (also the legacy tuple form of NumPy's state in older checkpoints)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, Mapping):
+        inner = dict(numpy_state["state"], key=np.asarray(numpy_state["state"]["key"], dtype=np.uint32))
+        numpy_state = dict(numpy_state, state=inner)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only.
+
+    A checkpoint holding any other pickled object is refused with a ValueError: unpickling it could run
+    arbitrary code, and a run directory someone shares must not be able to do that on ``--resume``.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+        reason = f" ({reason})" if reason else ""
+        raise ValueError(
+            f"{str(path)!r} holds objects other than tensors and plain containers{reason}; refusing to "
+            "load it, since unpickling them could run code (plasticrl checkpoints never hold any)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- run naming
@@ -199,14 +256,8 @@ class Run:
         Returns ``(run, checkpoint)``.
         """
         path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {str(path)!r}: no such run directory")
+        check_resumable(path)
         ckpt_path = path / CHECKPOINT_FILE
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(
-                f"--resume {str(path)!r}: the directory holds no {CHECKPOINT_FILE} "
-                "(run with --checkpoint-every > 0 to write one)"
-            )
         config = json.loads((path / CONFIG_FILE).read_text())
         saved, given = config["args"], config_dict(args)
         if defaults is not None:
@@ -217,7 +268,7 @@ class Run:
                 f"--resume {str(path)!r}: flags conflict with the saved config.json: "
                 + "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, a, b in conflicts)
             )
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(ckpt_path)
         if check is not None:
             check(checkpoint)
         step = int(checkpoint["global_step"])

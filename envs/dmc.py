@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes.util
 import difflib
+import logging
 import os
 import sys
 from collections import OrderedDict
@@ -149,8 +150,20 @@ def _select_backend(render_backend: str | None, pixels: bool) -> str | None:
     return requested if pixels else None
 
 
+class _DropSetTotalMassWarning(logging.Filter):
+    """Drops MuJoCo ≥ 3.3's deprecation warning for the ``settotalmass`` compiler attribute, which
+    dm-control's own suite XML files use (cheetah, walker, ...): dm-control routes MuJoCo's warnings to the
+    ``absl`` logger, so every env would print it. Only that one known message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("compiler attribute 'settotalmass' is deprecated")
+
+
 def _import_suite(backend: str | None) -> Any:
     """Import dm_control.suite, turning a backend that cannot load into an error that names the fix."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropSetTotalMassWarning) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropSetTotalMassWarning())
     try:
         from dm_control import suite
     except Exception as exc:  # the GL libraries fail in many ways (ImportError, AttributeError, OSError)
@@ -265,12 +278,18 @@ class DMCEnv(gym.Env):
         """Environment steps per agent step."""
         return self._action_repeat
 
-    def random_state(self) -> tuple:
-        """State of the task's RNG, which draws each episode's initial state (save it to resume exactly)."""
-        return self._env.task.random.get_state()
+    def random_state(self) -> dict:
+        """State of the task's RNG, which draws each episode's initial state (save it to resume exactly),
+        as plain Python values (NumPy's dict form with the key as a list: loads with weights_only)."""
+        state = self._env.task.random.get_state(legacy=False)
+        state["state"]["key"] = state["state"]["key"].tolist()
+        return state
 
-    def set_random_state(self, state: tuple) -> None:
+    def set_random_state(self, state: dict | tuple) -> None:
         """Restore :meth:`random_state`; the next ``reset()`` then starts the episode it would have."""
+        if isinstance(state, dict):
+            key = np.asarray(state["state"]["key"], dtype=np.uint32)
+            state = dict(state, state=dict(state["state"], key=key))
         self._env.task.random.set_state(state)
 
     def _load(self, seed: int) -> None:

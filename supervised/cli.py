@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
+
+from plasticrl.common.errors import USER_ERROR_STATUS
+from plasticrl.common.errors import is_user_error as _is_user_error
 
 from .download import ChecksumError
 from .train import RunInterrupted
@@ -25,27 +27,14 @@ __all__ = ["USER_ERRORS", "USER_ERROR_STATUS", "is_user_error", "run_cli"]
 
 # FileNotFoundError (missing data) and failed downloads are OSErrors; ChecksumError is a ValueError.
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ChecksumError, ValueError, ImportError)
-USER_ERROR_STATUS = 2
 
 T = TypeVar("T")
-
-
-def _innermost(tb: TracebackType | None) -> TracebackType | None:
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb
 
 
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is an expected user error: one of :data:`USER_ERRORS`, raised by plasticrl's own
     code (a ``plasticrl`` module or the command-line script being run)."""
-    if not isinstance(error, USER_ERRORS):
-        return False
-    tb = _innermost(error.__traceback__)
-    if tb is None:
-        return False
-    module = tb.tb_frame.f_globals.get("__name__", "")
-    return module == "__main__" or module == "plasticrl" or module.startswith("plasticrl.")
+    return _is_user_error(error, USER_ERRORS)
 
 
 def run_cli(main: Callable[[T], Any], parse: Callable[[], T]) -> Any:
