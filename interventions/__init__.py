@@ -11,8 +11,10 @@ optimizer(s) and target copies, and called once per gradient update with ``maybe
 - :class:`PlasticityInjection` — frozen head + fresh trainable copy − its frozen twin (Nikishin et al. 2023).
 - :class:`ContinualBackprop` — replace mature low-utility units (Dohare et al. 2024).
 
-Diagnostics: :func:`measure` (stateless, one probe batch → ``{tag: value}``) and
-:class:`PlasticityMonitor` (adds distance from init and dormant overlap across resets).
+Diagnostics: :func:`measure` (stateless, one probe batch → ``{tag: value}``),
+:class:`PlasticityMonitor` (adds distance from init and dormant overlap across resets, and curvature when
+given a loss) and :func:`curvature` (sharpness, Hessian trace and rank, gradient noise scale and cosine of
+``loss_fn(model, inputs)``).
 """
 
 from .base import Intervention, InterventionSet, apply_all
@@ -31,6 +33,7 @@ from .config import (
     ordered_configs,
     run_tag,
 )
+from .curvature import CURVATURE_QUANTITIES, CurvatureConfig, curvature
 from .diagnostics import (
     PlasticityMonitor,
     activation_statistics,
@@ -48,9 +51,11 @@ from .reset import Reset, ShrinkPerturb
 from .units import Outgoing, UnitGroup, find_unit_groups, recycle_units_
 
 __all__ = [
+    "CURVATURE_QUANTITIES",
     "INTERVENTION_ORDER",
     "CBPConfig",
     "ContinualBackprop",
+    "CurvatureConfig",
     "HareTortoise",
     "HareTortoiseConfig",
     "InjectedHead",
@@ -74,6 +79,7 @@ __all__ = [
     "add_params_",
     "apply_all",
     "clear_state_",
+    "curvature",
     "dormant_mask",
     "effective_rank",
     "find_unit_groups",

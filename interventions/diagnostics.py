@@ -30,6 +30,10 @@ feature extractor that returns its last activation unchanged; one that flattens 
 - ``weight_norm``, ``grad_norm`` (from ``.grad`` where present), ``distance_from_init`` (‖θ − θ₀‖₂, needs
   θ₀: :class:`PlasticityMonitor` keeps it): per weight-owning module and for the whole network.
 
+Curvature and gradient noise of a loss (sharpness, Hessian trace and rank, gradient noise scale,
+minibatch gradient cosine) are in :mod:`.curvature`; :class:`PlasticityMonitor` adds them when it is given
+the loss.
+
 Measuring never changes the model's outputs, parameters, buffers, gradients, train/eval modes or torch's
 RNG state: the probe forward runs under ``torch.no_grad`` in **eval mode** (so dropout draws nothing and
 BatchNorm uses, and does not update, its running statistics: the network as it is evaluated), and every
@@ -49,6 +53,8 @@ import torch
 from torch import nn
 
 from plasticrl.networks import ACTIVATION_TYPES, CReLU
+
+from .curvature import CurvatureConfig, curvature
 
 __all__ = [
     "PlasticityMonitor",
@@ -568,6 +574,12 @@ class PlasticityMonitor:
     reset that are dormant again now (per layer and for the network; dopamine's ReDo logs this as
     ``dead_intersected_percent``).
 
+    Given ``loss_fn(model, inputs)`` (and ``loss_inputs``, default the probe batch), :meth:`measure` also
+    reports the curvature and gradient-noise diagnostics of :func:`~.curvature.curvature` (sharpness,
+    Hessian trace and rank, gradient noise scale and cosine) with ``curvature_config``'s settings, and
+    sharpness per part for ``curvature_parts`` (name → module). They cost tens of backward passes, so
+    ``measure(curvature=False)`` leaves them out and :meth:`curvature` computes them alone.
+
         monitor = PlasticityMonitor(q_net, probe_obs, name="q")
         ...
         if step % diagnostics_every == 0:
@@ -586,9 +598,21 @@ class PlasticityMonitor:
         per_layer_rank: bool = False,
         chunk_size: int | None = 64,
         exclude_output_activation: bool = True,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        loss_inputs: Any = None,
+        curvature_config: CurvatureConfig | None = None,
+        curvature_parts: Mapping[str, nn.Module] | None = None,
     ):
         _check_threshold(dormant_threshold)
         _check_delta(rank_delta)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable as loss_fn(model, inputs), got {type(loss_fn).__name__}"
+            )
+        if curvature_config is not None and not isinstance(curvature_config, CurvatureConfig):
+            raise TypeError(
+                f"curvature_config must be a CurvatureConfig, got {type(curvature_config).__name__}"
+            )
         self.model = model
         self.probe_inputs = probe_inputs
         self.name = name
@@ -599,6 +623,10 @@ class PlasticityMonitor:
         self.exclude_output_activation = exclude_output_activation
         self.initial_params = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.dormant_at_reset: dict[str, torch.Tensor] | None = None
+        self.loss_fn = loss_fn
+        self.loss_inputs = loss_inputs
+        self.curvature_config = curvature_config if curvature_config is not None else CurvatureConfig()
+        self.curvature_parts = curvature_parts
 
     def dormant_masks(self) -> dict[str, torch.Tensor]:
         """Per layer (activation call site), the mask of τ-dormant units on the probe batch now."""
@@ -614,8 +642,25 @@ class PlasticityMonitor:
         """Record the dormant units now (call right before a reset / recycling step)."""
         self.dormant_at_reset = self.dormant_masks()
 
-    def measure(self) -> dict[str, float]:
-        """All diagnostics (see :func:`measure`) plus ``distance_from_init`` and ``dormant_overlap``."""
+    def curvature(self) -> dict[str, float]:
+        """:func:`~.curvature.curvature` of ``loss_fn`` on ``loss_inputs`` (default: the probe batch) with
+        the monitor's ``curvature_config`` and ``curvature_parts``; ValueError without a ``loss_fn``."""
+        if self.loss_fn is None:
+            raise ValueError("curvature needs a loss: build the PlasticityMonitor with loss_fn=...")
+        inputs = self.probe_inputs if self.loss_inputs is None else self.loss_inputs
+        return curvature(
+            self.model,
+            self.loss_fn,
+            inputs,
+            name=self.name,
+            parts=self.curvature_parts,
+            **self.curvature_config.kwargs(),
+        )
+
+    def measure(self, curvature: bool | None = None) -> dict[str, float]:
+        """All diagnostics (see :func:`measure`) plus ``distance_from_init`` and ``dormant_overlap``, and the
+        curvature diagnostics (:meth:`curvature`) when ``curvature`` is True, or None and a ``loss_fn``
+        was given."""
         out = measure(
             self.model,
             self.probe_inputs,
@@ -629,6 +674,8 @@ class PlasticityMonitor:
         )
         if self.dormant_at_reset is not None:
             out.update(self._overlap())
+        if curvature or (curvature is None and self.loss_fn is not None):
+            out.update(self.curvature())
         return out
 
     def _overlap(self) -> dict[str, float]:

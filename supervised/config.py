@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from plasticrl.interventions import (
     CBPConfig,
+    CurvatureConfig,
     HareTortoiseConfig,
     InjectionConfig,
     L2InitConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "LayerResetConfig",
     "MultiStageConfig",
     "SmoothTransitionConfig",
+    "SupervisedCurvatureConfig",
     "SupervisedHareTortoiseConfig",
     "SupervisedInjectionConfig",
     "SupervisedReDoConfig",
@@ -118,6 +120,48 @@ class SupervisedInjectionConfig(InjectionConfig):
 
     def tag(self) -> str:
         return _unit_tag(super().tag(), self.unit)
+
+
+# ----------------------------------------------------------------------------- curvature diagnostics
+
+
+@dataclass(frozen=True)
+class SupervisedCurvatureConfig(CurvatureConfig):
+    """Curvature and gradient-noise diagnostics (:func:`plasticrl.interventions.curvature`) of the training
+    loss (cross-entropy) on a probe batch of the current phase's training examples with the phase's labels,
+    measured in eval mode (BatchNorm's running statistics, no dropout: see the function's docstring) at
+    the end of every phase; on by default, ``--curvature.no-enabled`` turns them off."""
+
+    enabled: bool = True
+    """measure sharpness, Hessian trace and rank, gradient noise scale and cosine at phase ends"""
+    probe_size: int = 256
+    """examples of the phase in the curvature probe batch (the same seeded draw for every arm of a seed)"""
+    minibatch_size: int = 0
+    """examples per minibatch for the gradient cosine (0: the training batch size, at most half the probe)"""
+    at: tuple[Literal["start", "end"], ...] = ("end",)
+    """when: at the end of each phase and/or at its start (after the phase-switch interventions)"""
+    per_part: bool = False
+    """also sharpness of the encoder and of the head alone (about 2x the sharpness cost)"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.minibatch_size, bool) or not isinstance(self.minibatch_size, int):
+            raise TypeError(f"curvature.minibatch_size must be an int, got {self.minibatch_size!r}")
+        if self.minibatch_size < 0:
+            raise ValueError(
+                "curvature.minibatch_size must be >= 0 (0: the training batch size), "
+                f"got {self.minibatch_size}"
+            )
+        self.validate(self.minibatch_size or 1)
+        if isinstance(self.probe_size, bool) or not isinstance(self.probe_size, int) or self.probe_size < 2:
+            raise ValueError(f"curvature.probe_size must be an int >= 2, got {self.probe_size!r}")
+        if not self.at or any(when not in ("start", "end") for when in self.at):
+            raise ValueError(f"curvature.at must name start and/or end, got {self.at!r}")
+
+    def estimator(self, batch_size: int) -> CurvatureConfig:
+        """The :class:`CurvatureConfig` to measure with, ``minibatch_size`` resolved for ``batch_size``."""
+        minibatch = self.minibatch_size or min(batch_size, self.probe_size // 2)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(CurvatureConfig)}
+        return CurvatureConfig(**{**fields, "minibatch_size": min(minibatch, self.probe_size)})
 
 
 # ----------------------------------------------------------------------------- network options
@@ -241,6 +285,8 @@ class CommonConfig:
     """training examples in the fixed probe batch of the diagnostics"""
     dormant_threshold: float = 0.025
     """tau of the logged dormant ratio (Sokar et al. 2023 plots)"""
+    curvature: SupervisedCurvatureConfig = field(default_factory=SupervisedCurvatureConfig)
+    """curvature and gradient-noise diagnostics at phase ends (on by default; --curvature.no-enabled)"""
     checkpoint_every: int = 0
     """write checkpoint.pt every N epochs (0: only when stopped by a signal)"""
     resume: bool = False

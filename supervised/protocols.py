@@ -65,7 +65,7 @@ from .splits import (
     warm_start_split,
 )
 from .stats import mean_ci, paired_gap
-from .train import Phase, Trainer, TrainSettings, evaluate_accuracy
+from .train import Phase, Trainer, TrainSettings, cross_entropy_loss, evaluate_accuracy
 
 __all__ = [
     "SWEEP_ARMS",
@@ -155,6 +155,15 @@ def network_tag(config: CommonConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- one arm
+
+
+def curvature_parts(network: nn.Module) -> dict[str, nn.Module] | None:
+    """``{"encoder": network.encoder, "head": network.head}`` for per-part sharpness (MLP, ResNet-18), or
+    None when one of them has no parameters (logistic regression has no encoder)."""
+    parts = {name: getattr(network, name, None) for name in ("encoder", "head")}
+    if all(isinstance(m, nn.Module) and any(True for _ in m.parameters()) for m in parts.values()):
+        return parts
+    return None
 
 
 def _arm_identity(protocol: str, arm: str, seed: int, config: CommonConfig, extra: dict | None) -> dict:
@@ -248,13 +257,20 @@ def run_arm(
     optimizer = optimizer_for(config, network)
     generator = torch.Generator().manual_seed(seed)
     monitor = None
-    if config.diagnostics_every:
+    curv = config.curvature
+    if config.diagnostics_every or curv.enabled:
         probe_order = torch.randperm(
             inputs.x_train.shape[0], generator=torch.Generator().manual_seed(seed + 1)
         )
         probe = inputs.x_train[probe_order[: config.probe_size].to(device)]
         monitor = PlasticityMonitor(
-            network, probe, name="network", dormant_threshold=config.dormant_threshold
+            network,
+            probe,
+            name="network",
+            dormant_threshold=config.dormant_threshold,
+            loss_fn=cross_entropy_loss if curv.enabled else None,
+            curvature_config=curv.estimator(config.batch_size),
+            curvature_parts=curvature_parts(network) if curv.per_part else None,
         )
     if evaluator is None and dataset.y_test.numel():
 
@@ -274,6 +290,10 @@ def run_arm(
         log_every=config.log_every,
         progress=config.progress,
         progress_desc=f"{protocol} {tag} seed {seed}",
+        curvature_probe_size=curv.probe_size if curv.enabled else 0,
+        # Every arm of a seed measures the same examples of a phase with the same indices (the full set).
+        curvature_seed=seed + 2,
+        curvature_at=tuple(curv.at),
     )
     trainer = Trainer(
         network,

@@ -11,6 +11,13 @@ interventions (:mod:`.schedule`). Per epoch: training accuracy (the accuracy of 
 its update, accumulated on the device; in the first epoch of a task this is the *online* accuracy of
 Dohare et al. 2024 and Kumar et al. 2023), epoch-unit interventions, test accuracy every ``eval_every``
 epochs and at the end of each phase, diagnostics (:class:`~plasticrl.interventions.PlasticityMonitor`).
+At the end of each phase (and, when asked, at its start) the monitor's curvature diagnostics
+(:func:`~plasticrl.interventions.curvature`: sharpness, Hessian trace and rank, gradient noise scale and
+cosine) of the cross-entropy on ``curvature_probe_size`` examples of that phase, drawn with a generator
+seeded by ``curvature_seed`` (so the fresh and warm arms of a seed measure the same examples of the
+full set); when the evaluated network is another module (hare & tortoise's tortoise) its diagnostics and
+curvature are measured too, under the name ``tortoise`` (``eval_diagnostics`` in the summary). Measuring
+changes no weight, mode, buffer, optimizer state or RNG state, so runs train identically with or without.
 At each phase switch: phase-unit interventions, then (optionally) the optimizer state is cleared, which
 is what building a new optimizer does (Berariu et al.; Lee et al. 2024), while every intervention stays
 bound to the same optimizer object.
@@ -37,11 +44,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticrl.common import Progress, Run, check_finite, rng_states, set_rng_states
-from plasticrl.interventions import PlasticityMonitor
+from plasticrl.interventions import PlasticityMonitor, curvature, measure
 
 from .schedule import InterventionSchedule
 
-__all__ = ["Phase", "RunInterrupted", "Trainer", "TrainSettings", "evaluate_accuracy"]
+__all__ = ["Phase", "RunInterrupted", "Trainer", "TrainSettings", "cross_entropy_loss", "evaluate_accuracy"]
+
+
+def cross_entropy_loss(network: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The training loss as ``loss_fn(model, (inputs, labels))`` for the curvature diagnostics: mean
+    cross-entropy (L2-init's penalty left out: its Hessian only adds 2λ to every eigenvalue)."""
+    inputs, labels = batch
+    return F.cross_entropy(network(inputs), labels)
+
+
+def _network_level(measured: Mapping[str, float]) -> dict[str, float]:
+    """``{metric: value}`` of the whole-network tags ``plasticity/<metric>/<network>``."""
+    return {k.split("/")[1]: v for k, v in measured.items() if k.count("/") == 2}
+
+
+def _matching_parts(
+    other: nn.Module, network: nn.Module, parts: Mapping[str, nn.Module] | None
+) -> dict[str, nn.Module] | None:
+    """``parts`` of ``network`` mapped to the modules at the same paths in ``other`` (a tortoise copy)."""
+    if parts is None:
+        return None
+    paths = {id(module): path for path, module in network.named_modules()}
+    modules = dict(other.named_modules())
+    return {name: modules[paths[id(module)]] for name, module in parts.items()}
 
 
 class RunInterrupted(RuntimeError):
@@ -111,6 +141,9 @@ class TrainSettings:
     log_every: int = 100
     progress: bool = True
     progress_desc: str = "train"
+    curvature_probe_size: int = 0  # examples of the phase in the curvature probe batch (0: no curvature)
+    curvature_seed: int = 0  # seed of the draw of those examples (the same for every arm of a seed)
+    curvature_at: tuple[str, ...] = ("end",)  # at phase "start" (after the switch) and/or "end"
 
 
 @torch.no_grad()
@@ -156,6 +189,7 @@ class _LoopState:
     evals: list[dict[str, Any]] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    eval_diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -290,6 +324,10 @@ class Trainer:
         st.best_train_accuracy = -1.0
         st.epochs_without_improvement = 0
         st.phase_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "first_epoch_accuracy": None}
+        if self._curvature_on and "start" in self.settings.curvature_at:
+            phase = self.phases[st.phase]
+            self._sync_probe(phase)
+            logs.update(self._diagnose(phase, "start", full=bool(self.settings.diagnostics_every)))
         if self.run is not None:
             logs["charts/phase"] = float(st.phase)
             self.run.log_scalars(logs, st.global_step)
@@ -408,17 +446,15 @@ class Trainer:
             and (done or st.epoch_in_phase % settings.eval_every == 0)
         ):
             record["test_accuracy"] = self._evaluate(logs)
-        if (
+        diagnose = (
             self.monitor is not None
             and settings.diagnostics_every
             and (done or st.epochs_done % settings.diagnostics_every == 0)
-        ):
-            measured = self.monitor.measure()
-            logs.update(measured)
-            # Whole-network values (plasticity/<metric>/<network>) go into the result too.
-            network_level = {k.split("/")[1]: v for k, v in measured.items() if k.count("/") == 2}
-            st.diagnostics.append(
-                {"phase": st.phase, "epoch": st.epochs_done, "step": st.global_step, **network_level}
+        )
+        with_curvature = done and self._curvature_on and "end" in settings.curvature_at
+        if diagnose or with_curvature:
+            logs.update(
+                self._diagnose(phase, "end" if done else "epoch", full=bool(diagnose), curv=with_curvature)
             )
         st.epochs.append(record)
         if self.run is not None:
@@ -426,6 +462,65 @@ class Trainer:
         if settings.checkpoint_every and st.epochs_done % settings.checkpoint_every == 0 and not done:
             self.save_checkpoint()
         return done
+
+    @property
+    def _curvature_on(self) -> bool:
+        return (
+            self.monitor is not None
+            and self.monitor.loss_fn is not None
+            and self.settings.curvature_probe_size > 0
+        )
+
+    def curvature_batch(self, phase: Phase) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of ``curvature_probe_size`` examples of ``phase`` (its labels, its transform),
+        drawn with a generator seeded by ``curvature_seed``: the same examples whenever two phases hold
+        the same indices (the fresh arm and the warm arm's full phase)."""
+        n = phase.indices.numel()
+        generator = torch.Generator().manual_seed(self.settings.curvature_seed)
+        positions = torch.randperm(n, generator=generator)[: self.settings.curvature_probe_size]
+        positions = positions.to(phase.indices.device)
+        x = self.inputs[phase.indices[positions]]
+        if phase.transform is not None:
+            x = phase.transform(x)
+        return x, phase.labels[positions]
+
+    def _diagnose(self, phase: Phase, when: str, *, full: bool, curv: bool = True) -> dict[str, float]:
+        """Diagnostics (``full``) and / or curvature (``curv``) of the trained network — and at phase
+        starts and ends of the evaluated network when it is another module — recorded in the summary."""
+        st = self.state
+        monitor = self.monitor
+        curv = curv and self._curvature_on
+        if curv:
+            monitor.loss_inputs = self.curvature_batch(phase)
+        measured = monitor.measure(curvature=curv) if full else monitor.curvature()
+        # Whole-network values (plasticity/<metric>/<network>) go into the result too.
+        where = {"phase": st.phase, "epoch": st.epochs_done, "step": st.global_step, "when": when}
+        st.diagnostics.append({**where, **_network_level(measured)})
+        evaluated = self.interventions.eval_network(self.network)
+        if curv and evaluated is not self.network:
+            other = measure(
+                evaluated,
+                monitor.probe_inputs,
+                dormant_threshold=monitor.dormant_threshold,
+                rank_delta=monitor.rank_delta,
+                name="tortoise",
+                chunk_size=monitor.chunk_size,
+                exclude_output_activation=monitor.exclude_output_activation,
+            )
+            other.update(
+                curvature(
+                    evaluated,
+                    monitor.loss_fn,
+                    monitor.loss_inputs,
+                    name="tortoise",
+                    parts=_matching_parts(evaluated, self.network, monitor.curvature_parts),
+                    parameters="all",  # the tortoise is never trained: its parameters are frozen
+                    **monitor.curvature_config.kwargs(),
+                )
+            )
+            st.eval_diagnostics.append({**where, "network": "tortoise", **_network_level(other)})
+            measured = {**measured, **other}
+        return measured
 
     def _evaluate(self, logs: dict[str, float]) -> float:
         st = self.state
@@ -470,6 +565,7 @@ class Trainer:
             "phases": list(st.phases),
             "evals": list(st.evals),
             "diagnostics": list(st.diagnostics),
+            "eval_diagnostics": list(st.eval_diagnostics),
             "final_test_accuracy": accuracies[-1] if accuracies else None,
             "best_test_accuracy": max(accuracies) if accuracies else None,
             "final_train_accuracy": st.epochs[-1]["train_accuracy"] if st.epochs else None,
