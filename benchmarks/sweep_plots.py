@@ -138,7 +138,12 @@ def plot_plasticity(report: dict[str, Any], path: Path, title: str) -> Path | No
             ax.grid(alpha=0.3)
             if i == len(metrics) - 1:
                 ax.set_xlabel("agent steps")
-    axes[0][0].legend(fontsize="small")
+    labelled = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    fig.legend(labelled.values(), labelled.keys(), loc="lower center", ncol=len(labelled), fontsize="small",
+               bbox_to_anchor=(0.5, -0.02))  # fmt: skip
     runs = sum(p["runs"] for p in found.values())
     fig.suptitle(
         f"{title}: plasticity diagnostics, mean over runs, 95% CI ({runs} runs; dashed: interventions)"

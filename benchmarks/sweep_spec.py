@@ -190,14 +190,24 @@ def resolve_agent(name: str, spec_dir: Path | None) -> Path:
         candidates.append(REPO_ROOT / "agents" / f"{name}.py")
     else:
         candidates += [REPO_ROOT / path] + ([spec_dir / path] if spec_dir else []) + [Path.cwd() / path]
+    candidates = list(dict.fromkeys(c.resolve() for c in candidates))
     for candidate in candidates:
         if candidate.is_file():
-            return candidate.resolve()
-    known = sorted(p.stem for p in (REPO_ROOT / "agents").glob("*.py") if not p.stem.startswith("_"))
+            return candidate
     raise InputError(
         f"unknown agent {name!r}: no script at {', '.join(str(c) for c in candidates)} "
-        f"(agents here: {', '.join(known)})"
+        f"(agents here: {', '.join(agent_scripts())})"
     )
+
+
+def agent_scripts() -> list[str]:
+    """Names of the scripts in agents/ that define an Args class and a main function."""
+    found = []
+    for path in sorted((REPO_ROOT / "agents").glob("*.py")):
+        text = path.read_text(errors="replace")
+        if "class Args" in text and "def main(" in text:
+            found.append(path.stem)
+    return found
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -47,6 +47,7 @@ DMC_PLANET_TASKS = (
 )
 WARMSTART_PRESETS = ("ash-adams", "hare-tortoise", "berariu")
 DMC_MAX_RETURN = 1000.0  # 1,000-step episodes, per-step rewards in [0, 1]
+_DMC_NAME = re.compile(r"^[a-z][a-z0-9_]*-[a-z][a-z0-9_]*$")  # dm-control 'domain-task' names
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,11 @@ class Suite:
     def canonical(self, task: str) -> str | None:
         """The suite's own spelling of ``task``, or None when the suite's fixed list lacks it."""
         if self.tasks is None:
-            return atari_display_name(task) if self.score == "human" else task
+            if self.score == "human":
+                return atari_display_name(task)
+            if self.score == "dmc" and not _DMC_NAME.match(task):
+                return None  # not a 'domain-task' name: an Atari game or a dataset in a DMC aggregate
+            return task
         keys = {self.key(t): t for t in self.tasks}
         return keys.get(self.key(task))
 
