@@ -175,35 +175,12 @@ def run_attempt(
         return AttemptResult(spec.label, "skipped", run_dir=run_dir, message="already finished")
     directory.mkdir(parents=True, exist_ok=True)
     move_aside(state.stale)
-    record = read_record(directory) or {
-        "sweep": spec.sweep,
-        "variant": spec.variant,
-        "env": spec.env,
-        "seed": spec.seed,
-        "agent": spec.agent,
-        "runs_per_entry": spec.runs_per_entry,
-        "single_variant": spec.single_variant,
-        "attempts": [],
-    }
     gpu = gpu if gpu is not None else _ray_gpu()
-    record.update(argv=spec.argv, gpu_share=spec.gpu_share if gpu is not None else None)
-    number = len(record["attempts"]) + 1
-    log = directory / f"attempt{number}.log"
+    record, attempt = _open_attempt(spec, state, gpu)
+    log = directory / attempt["log"]
     env = dict(os.environ, **spec.env_vars)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    attempt = {
-        "attempt": number,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": socket.gethostname(),
-        "gpu": gpu,
-        "resumed_from": None if state.kind != "resume" else str(state.run_dir or directory),
-        "command": command_for(spec, state),
-        "log": log.name,
-        "status": "running",
-    }
-    record["attempts"].append(attempt)
-    write_record(directory, record)
 
     def started(pid: int) -> None:  # the agent's pid, for whoever watches the sweep
         attempt["pid"] = pid
@@ -229,6 +206,36 @@ def run_attempt(
         log=str(log),
         message=message,
     )
+
+
+def _open_attempt(spec: AttemptSpec, state: EntryState, gpu: str | None) -> tuple[dict, dict]:
+    """Append a running attempt to the entry's record (written at once) and return (record, attempt)."""
+    directory = Path(spec.directory)
+    record = read_record(directory) or {
+        "sweep": spec.sweep,
+        "variant": spec.variant,
+        "env": spec.env,
+        "seed": spec.seed,
+        "agent": spec.agent,
+        "runs_per_entry": spec.runs_per_entry,
+        "single_variant": spec.single_variant,
+        "attempts": [],
+    }
+    record.update(argv=spec.argv, gpu_share=spec.gpu_share if gpu is not None else None)
+    number = len(record["attempts"]) + 1
+    attempt = {
+        "attempt": number,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "gpu": gpu,
+        "resumed_from": None if state.kind != "resume" else str(state.run_dir or directory),
+        "command": command_for(spec, state),
+        "log": f"attempt{number}.log",
+        "status": "running",
+    }
+    record["attempts"].append(attempt)
+    write_record(directory, record)
+    return record, attempt
 
 
 def _ray_gpu() -> str | None:

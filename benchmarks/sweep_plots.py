@@ -55,8 +55,11 @@ def plot_intervals(report: dict[str, Any], path: Path, title: str) -> Path:
             ax.barh(row, values["high"] - values["low"], left=values["low"], height=0.6,
                     color=colors[variant], alpha=0.75)  # fmt: skip
             ax.vlines(values["point"], row - 0.3, row + 0.3, color="black", linewidth=1.5)
+        lows = [report["variants"][v]["aggregates"][metric]["low"] for v in variants]
+        highs = [report["variants"][v]["aggregates"][metric]["high"] for v in variants]
+        pad = 0.12 * (max(highs) - min(lows)) or 0.05  # bars have sticky edges: margins() would not pad them
+        ax.set_xlim(min(lows) - pad, max(highs) + pad)
         ax.set_title(metric)
-        ax.margins(x=0.12)
         ax.set_xlabel(report["score"])
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(variants)), variants)

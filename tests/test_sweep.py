@@ -330,3 +330,26 @@ def test_sac_run_killed_midway_is_resumed_and_finished_runs_are_skipped(tmp_path
 
     again = run_cli(*args)
     assert again.returncode == 0 and "0 done, 2 already finished (skipped)" in again.stderr
+
+
+def test_sigterm_stops_the_sweep_and_its_runs_checkpoint_for_the_next_one(tmp_path):
+    spec = write_sweep(
+        tmp_path, 'envs = ["task-a"]\nseeds = [1, 2, 3]\nflags = "--total-steps 40 --step-seconds 0.1"\n'
+    )
+    out = tmp_path / "out"
+    args = [str(spec), "--sweep-dir", str(out), "--workers", "2"]
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "sweep.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for(lambda: len(list(out.glob("default/*/*/checkpoint.pt"))) == 2, 60, "two runs under way")
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == sweep.STOPPED_EXIT, output
+    statuses = {k: [a["status"] for a in r["attempts"]] for k, r in records(out).items()}
+    assert sorted(statuses.values()) == [["interrupted"], ["interrupted"]]  # the third never started
+    assert sweep.main(args) == 0  # the next sweep resumes both and runs the third
+    attempts = [r["attempts"] for r in records(out).values()]
+    assert sorted(len(a) for a in attempts) == [1, 2, 2]
+    assert all(a[-1]["resumed_from"] for a in attempts if len(a) == 2)
