@@ -17,7 +17,24 @@ Reported, as the median of ``--repeats`` runs after one warm-up, in one table:
 - which exceed the 10 ms goal, and why;
 - the diagnostics' overhead at several intervals: pass time / (interval × update time). Goal ≤ 2 %.
 
+Curvature (``--part curvature``; issue 16): the cost of each quantity of
+:func:`plasticrl.interventions.curvature` at its default settings — sharpness (every Lanczos step taken:
+tolerance 0, the worst case), Hutchinson trace, SLQ rank, gradient noise scale + cosine, all four in one
+call — as a multiple of one training update of the same network, on
+
+- the SAC critic: ``QEnsemble`` 2 × (256, 256) on cheetah-run states (17 + 6 inputs), batch 256 (the SAC
+  defaults), MSE against a fixed target; update = critic forward + backward + Adam step;
+- the DrQ critic: the ``DrQEncoder`` convs + projection and ``QEnsemble`` 2 × (1024, 1024) on (9, 84, 84)
+  pixels, as ``agents/drq.py`` builds it, batch ``--drq-batch`` (32 by default: the paper's 512 takes
+  ~10 s per update on a CPU; the multiple barely depends on the batch);
+- the supervised ResNet-18 (width 64, CIFAR-10 shapes), batch 128 (Ash & Adams; Berariu et al.),
+  cross-entropy, Adam.
+
+The probe batch is the training batch (the harness measures ``--curvature.probe-size`` examples; costs
+scale with it). One Hessian-vector product (HVP) is also timed on its own.
+
     python benchmarks/intervention_benchmark.py --threads 1      # a few minutes on a CPU
+    python benchmarks/intervention_benchmark.py --part curvature --threads 1
     python benchmarks/intervention_benchmark.py --repeats 5 --device cuda
 """
 
@@ -36,6 +53,7 @@ from torch import nn
 from plasticrl.interventions import (
     CBPConfig,
     ContinualBackprop,
+    CurvatureConfig,
     HareTortoise,
     HareTortoiseConfig,
     InjectionConfig,
@@ -48,9 +66,11 @@ from plasticrl.interventions import (
     ResetConfig,
     ShrinkPerturb,
     ShrinkPerturbConfig,
+    curvature,
     measure,
 )
-from plasticrl.networks import ImpalaCNN
+from plasticrl.interventions.curvature import _Hessian, _LossCall, _select_params
+from plasticrl.networks import MLP, DrQEncoder, ImpalaCNN, QEnsemble, ResNet18
 
 ACTIONS, ATOMS = 18, 51  # BBF: C51 with 51 atoms; 18 is the full Atari action set
 
@@ -99,21 +119,217 @@ def make_update(net: ImpalaCNN, opt: torch.optim.Optimizer, batch: int, device: 
 
 
 GOAL_MS = 10.0
+SHARPNESS_BUDGET = 20.0  # issue 16: sharpness at its default iterations within ~20 updates' time
+
+
+# ----------------------------------------------------------------------------- curvature costs
+
+
+class DrQCritic(nn.Module):
+    """The DrQ critic path of ``agents/drq.py``: shared convs → projection (Linear, LayerNorm, tanh) →
+    twin Q-networks on [features, action]."""
+
+    def __init__(self, action_dim: int, hidden: int = 1024, feature_dim: int = 50):
+        super().__init__()
+        convs_and_projection = DrQEncoder((9, 84, 84), feature_dim)
+        self.encoder = convs_and_projection.encoder
+        self.projection = convs_and_projection.head
+        self.q = QEnsemble(feature_dim, action_dim, (hidden, hidden))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.q(self.projection(self.encoder(obs)), action)
+
+
+def td_loss(critic: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Σ_members mean_batch (Q(s, a) − y)², y a fixed bootstrap target (SAC / DrQ critic loss)."""
+    obs, action, target = batch
+    return (critic(obs, action) - target).pow(2).mean(dim=1).sum()
+
+
+def cross_entropy(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(net(x), y)
+
+
+def _critic_update(critic, actor_features, actor, obs, next_obs, action, reward, copies):
+    """One critic update as the agents do it: a bootstrap target from the actor and a target copy of the
+    critic on ``copies`` copies of the next observations (no gradients), then the TD loss on ``copies``
+    copies of the observations (DrQ's K = M = 2 augmentations; SAC: 1), backward and an Adam step."""
+    target_critic = copy.deepcopy(critic).requires_grad_(False)
+    opt = torch.optim.Adam(critic.parameters(), lr=3e-4)
+    obs_m, next_k = torch.cat([obs] * copies), torch.cat([next_obs] * copies)
+
+    def update() -> None:
+        with torch.no_grad():
+            mean, _ = actor(actor_features(next_k)).chunk(2, dim=-1)
+            next_q = target_critic(next_k, torch.tanh(mean)).amin(dim=0)
+            y = reward.repeat(copies) + 0.99 * next_q
+        opt.zero_grad(set_to_none=True)
+        td_loss(critic, (obs_m, action.repeat(copies, 1), y)).backward()
+        opt.step()
+
+    return update
+
+
+def curvature_cases(device: torch.device, drq_batch: int) -> list[tuple]:
+    """(label, network, loss_fn, probe batch, parts, one training update) of issue 16's three networks."""
+    g = torch.Generator(device=device).manual_seed(3)
+    torch.manual_seed(0)
+    obs_dim, action_dim = 17, 6  # DMC cheetah-run
+
+    def uniform(*shape):
+        return torch.rand(*shape, device=device, generator=g)
+
+    sac = QEnsemble(obs_dim, action_dim, (256, 256)).to(device)
+    sac_actor = MLP(obs_dim, (256, 256), 2 * action_dim).to(device)
+    obs, next_obs = torch.randn(2, 256, obs_dim, device=device, generator=g)
+    action, reward = uniform(256, action_dim) * 2 - 1, torch.randn(256, device=device, generator=g)
+    sac_update = _critic_update(sac, nn.Identity(), sac_actor, obs, next_obs, action, reward, 1)
+    sac_probe = (obs, action, torch.randn(256, device=device, generator=g))
+
+    drq = DrQCritic(action_dim).to(device)
+    drq_actor = nn.Sequential(copy.deepcopy(drq.projection), MLP(50, (1024, 1024), 2 * action_dim)).to(device)
+    pixels, next_pixels = uniform(2, drq_batch, 9, 84, 84)
+    action, reward = (
+        uniform(drq_batch, action_dim) * 2 - 1,
+        torch.randn(drq_batch, device=device, generator=g),
+    )
+    drq_update = _critic_update(drq, drq.encoder, drq_actor, pixels, next_pixels, action, reward, 2)
+    drq_probe = (pixels, action, torch.randn(drq_batch, device=device, generator=g))
+
+    resnet = ResNet18(10).to(device)
+    images = torch.randn(128, 3, 32, 32, device=device, generator=g)
+    labels = torch.randint(0, 10, (128,), device=device, generator=g)
+    resnet_opt = torch.optim.Adam(resnet.parameters(), lr=1e-3)
+
+    def resnet_update() -> None:
+        resnet.train()
+        resnet_opt.zero_grad(set_to_none=True)
+        cross_entropy(resnet, (images, labels)).backward()
+        resnet_opt.step()
+
+    return [
+        (
+            "SAC critic 2x(256,256), cheetah-run states, batch 256",
+            sac, td_loss, sac_probe, {"encoder": sac.encoder, "head": sac.head}, sac_update,
+        ),
+        (
+            f"DrQ critic (convs + 2x(1024,1024)), 84x84x9 pixels, batch {drq_batch}",
+            drq, td_loss, drq_probe, {"encoder": drq.encoder, "head": drq.q}, drq_update,
+        ),
+        (
+            "ResNet-18 (w 64), CIFAR-10 shapes, batch 128",
+            resnet, cross_entropy, (images, labels), {"encoder": resnet.encoder, "head": resnet.head},
+            resnet_update,
+        ),
+    ]  # fmt: skip
+
+
+def _curvature_case(args, device, label, net, loss_fn, batch, parts, update, defaults):
+    """(update ms, [(quantity, ms, HVPs)]) of one network."""
+    params = sum(p.numel() for p in net.parameters())
+    update_ms = median_ms(update, args.repeats, device)
+    print(f"  ... {label}: {params / 1e6:.2f} M parameters, one update {update_ms:.1f} ms", flush=True)
+
+    def graph() -> _Hessian:
+        return _Hessian(_LossCall(net, loss_fn), batch, _select_params(net, None, "trainable"))
+
+    net.eval()
+    hessian = graph()
+    every = list(range(len(hessian.leaves)))
+    v = torch.randn(hessian.dim(every), device=device)
+    rows = [
+        ("graph (forward + backward with create_graph)", median_ms(graph, args.repeats, device)),
+        ("one Hessian-vector product", median_ms(lambda: hessian.hvp(v, every), args.repeats, device)),
+    ]
+    hessian = None  # free the kept graph before the next measurements
+    settings = dict(tolerance=0.0, minibatch_size=min(defaults.minibatch_size, batch[0].shape[0] // 2))
+    for name, quantity, extra in (
+        (f"sharpness ({defaults.iterations} steps)", "sharpness", {}),
+        ("sharpness + encoder + head", "sharpness", {"parts": parts}),
+        (f"trace ({defaults.trace_probes} probes)", "trace", {}),
+        (f"rank ({defaults.density_probes} x {defaults.lanczos_steps} steps)", "rank", {}),
+        ("noise scale + cosine", "noise", {}),
+    ):
+        ms = median_ms(
+            lambda q=quantity, e=extra: curvature(net, loss_fn, batch, quantities=(q,), **settings, **e),
+            max(1, args.repeats - 1),
+            device,
+        )
+        rows.append((name, ms))
+        print(f"      {name}: {ms:.0f} ms = {ms / update_ms:.1f} updates", flush=True)
+    rows.append(
+        ("all four, one call", median_ms(lambda: curvature(net, loss_fn, batch, **settings), 1, device))
+    )
+    # Accuracy of the default step count: λ_max after the default steps vs 40 steps, three start vectors.
+    reference = curvature(net, loss_fn, batch, quantities=("sharpness",), iterations=40, tolerance=1e-7)
+    ratios = [
+        curvature(net, loss_fn, batch, quantities=("sharpness",), tolerance=0.0, seed=seed)[
+            "plasticity/sharpness/network"
+        ]
+        / reference["plasticity/sharpness/network"]
+        for seed in range(3)
+    ]
+    return update_ms, rows, (min(ratios), reference["plasticity/sharpness/network"])
+
+
+def curvature_costs(args: argparse.Namespace, device: torch.device) -> None:
+    """Print the cost of each curvature quantity on the three networks as multiples of one update."""
+    defaults = CurvatureConfig()
+    print(
+        f"curvature costs at the defaults (sharpness: every one of the {defaults.iterations} steps taken, "
+        f"tolerance 0); {args.repeats} repeats; probe batch = training batch; eval mode"
+    )
+    table = []
+    for label, net, loss_fn, batch, parts, update in curvature_cases(device, args.drq_batch):
+        update_ms, rows, accuracy = _curvature_case(
+            args, device, label, net, loss_fn, batch, parts, update, defaults
+        )
+        table.append((label, sum(p.numel() for p in net.parameters()), update_ms, rows, accuracy))
+
+    print("\ncurvature cost as a multiple of one training update of the network (median ms in brackets)")
+    print(
+        "update: SAC / DrQ critic update with its bootstrap target (actor + target critic, no gradients; DrQ "
+        "with K = M = 2 copies) and an Adam step; ResNet-18: cross-entropy step, Adam"
+    )
+    for label, params, update_ms, rows, (ratio, reference) in table:
+        print(f"  {label} ({params / 1e6:.2f} M parameters; update {update_ms:.1f} ms)")
+        for name, ms in rows:
+            flag = ""
+            if name.startswith("sharpness (") and ms / update_ms > SHARPNESS_BUDGET:
+                flag = f"  > {SHARPNESS_BUDGET:g} updates"
+            print(f"    {name:<48} {ms / update_ms:7.1f}  ({ms:.0f} ms){flag}")
+        print(
+            f"    sharpness after {defaults.iterations} steps / after 40 steps: >= {ratio:.4f} "
+            f"(3 start vectors; lambda_max {reference:.4g})"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--part", choices=("all", "interventions", "curvature"), default="all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe-batch", type=int, default=256)
     parser.add_argument("--update-batch", type=int, default=32)
+    parser.add_argument("--drq-batch", type=int, default=32, help="DrQ critic batch of the curvature costs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.part in ("all", "interventions"):
+        intervention_costs(args, device)
+    if args.part in ("all", "curvature"):
+        if args.part == "all":
+            print()
+        curvature_costs(args, device)
+
+
+def intervention_costs(args: argparse.Namespace, device: torch.device) -> None:
+    """The per-intervention table on the BBF-size network (see the module docstring)."""
     reps = args.repeats
 
     net, target, opt = build(device)

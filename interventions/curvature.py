@@ -113,7 +113,7 @@ CURVATURE_QUANTITIES = ("sharpness", "trace", "rank", "noise")
 # scale (float32 Hessian-vector products are accurate to ~1e-7 of it).
 _BREAKDOWN = 1e-5
 # Bytes of per-example gradients one vectorised call may hold when chunk_size is None.
-_CHUNK_BYTES = 256 * 2**20
+_CHUNK_BYTES = 64 * 2**20
 
 
 # ----------------------------------------------------------------------------- settings
@@ -176,15 +176,17 @@ def _check_settings(
 class CurvatureConfig:
     """Settings of :func:`curvature` (a nested tyro group: ``--curvature.iterations 20``).
 
-    Defaults: 20 Lanczos steps for λ_max, 10 Hutchinson probes, one 20-step SLQ probe, ε = 1e-3: chosen so
-    that sharpness costs at most ~20 training updates on the SAC critic, the DrQ critic and ResNet-18
-    (``benchmarks/intervention_benchmark.py --part curvature`` prints the figures)."""
+    Defaults: 8 Lanczos steps for λ_max (within 0.2% of a 40-step value on the SAC critic, a small CNN and
+    an MLP), chosen so that sharpness costs at most ~20 training updates on the SAC critic, the DrQ critic
+    and ResNet-18 (``benchmarks/intervention_benchmark.py --part curvature`` prints the figures); 10
+    Hutchinson probes (standard error ~ 1/√10 of the probes' spread); one 20-step SLQ probe with ε = 1e-3
+    for the rank; minibatches of 32 for the cosine."""
 
     quantities: tuple[str, ...] = CURVATURE_QUANTITIES
     """what to measure: sharpness trace rank noise (noise = grad noise scale and minibatch cosine)"""
     method: Literal["lanczos", "power"] = "lanczos"
     """sharpness by Lanczos (algebraically largest eigenvalue) or power iteration (largest magnitude)"""
-    iterations: int = 20
+    iterations: int = 8
     """most Hessian-vector products for sharpness (Lanczos steps or power iterations), per part too"""
     tolerance: float = 1e-3
     """stop sharpness early at this relative residual (Lanczos) or relative change (power)"""
@@ -201,7 +203,7 @@ class CurvatureConfig:
     mode: Literal["eval", "train"] = "eval"
     """measure the eval-mode loss (BatchNorm running statistics, no dropout) or the train-mode loss"""
     chunk_size: int | None = None
-    """examples per vectorised per-example-gradient call (None: from a 256 MiB budget)"""
+    """examples per vectorised per-example-gradient call (None: from a 64 MiB budget)"""
     reorthogonalize: bool = True
     """Lanczos: full re-orthogonalisation (keeps steps x parameters floats)"""
     seed: int = 0
@@ -477,7 +479,9 @@ def _lanczos(
     """``steps`` Lanczos steps on a symmetric operator from ``start``; with ``tolerance``, stop once the
     top Ritz pair's residual β_j |s_j| is ≤ tolerance·|θ_max|."""
     q = start / start.norm()
-    basis = [q]
+    # Preallocated basis (rows), so re-orthogonalisation reads a view instead of re-stacking every step.
+    basis = torch.empty((steps if reorthogonalize else 1, q.numel()), dtype=q.dtype, device=q.device)
+    basis[0] = q
     alphas: list[float] = []
     betas: list[float] = []
     q_prev, beta_prev = None, 0.0
@@ -490,15 +494,15 @@ def _lanczos(
             w = w - beta_prev * q_prev
         if reorthogonalize:
             # Classical Gram-Schmidt twice against the whole basis ("twice is enough", Parlett 1998 §6.9).
-            stacked = torch.stack(basis)
+            done = basis[: j + 1]
             for _ in range(2):
-                w = w - stacked.t() @ (stacked @ w)
+                w = w - done.t() @ (done @ w)
         alphas.append(alpha)
         beta = float(w.norm())
         scale = max(scale, abs(alpha), beta)
         if j == steps - 1:
             break
-        if tolerance is not None and j > 0:
+        if tolerance and j > 0:
             theta, vectors = _tridiagonal_eig(alphas, betas)
             if beta * abs(float(vectors[-1, -1])) <= tolerance * abs(float(theta[-1])):
                 break
@@ -508,9 +512,7 @@ def _lanczos(
         q_prev, beta_prev = q, beta
         q = w / beta
         if reorthogonalize:
-            basis.append(q)
-        else:
-            basis = [q]
+            basis[j + 1] = q
     theta, vectors = _tridiagonal_eig(alphas, betas)
     return _LanczosResult(alphas, betas, theta, vectors[0] ** 2)
 
@@ -571,39 +573,40 @@ def _noise(
     theta = {"model." + k: t for k, t in zip(names, params.tensors)}
     batches = n // minibatch_size
     device = params.tensors[0].device
-    mean = None  # running mean of the per-example gradients (Chan et al.'s pairwise update)
-    m2 = 0.0  # running Σ ‖g_i − mean‖², float64
+    # Per parameter tensor: the running mean of the per-example gradients and Σ‖g_i − mean‖² (Chan et al.'s
+    # pairwise update across chunks, so no difference of large sums), and each minibatch's gradient sum.
+    means: dict[str, torch.Tensor] = {}
+    sums = [torch.zeros(max(batches, 1), t.numel(), dtype=t.dtype, device=device) for t in params.tensors]
+    m2 = 0.0
     seen = 0
-    minibatch_sums = None
     for start in range(0, n, chunk):
         idx = order[start : start + chunk].to(device)
-        example = [t.index_select(0, idx.to(t.device)) for t in mapped]
-        grads = per_example(theta, example)
-        flat = torch.cat([grads["model." + k].reshape(idx.numel(), -1) for k in names], dim=1)
-        if not torch.isfinite(flat).all():
-            raise ValueError("a per-example gradient is not finite; the noise scale needs finite gradients")
-        count = flat.shape[0]
-        chunk_mean = flat.mean(dim=0)
-        chunk_m2 = float((flat - chunk_mean).double().pow(2).sum())
-        if mean is None:
-            mean, m2 = chunk_mean, chunk_m2
-        else:
-            delta = chunk_mean - mean
-            total = seen + count
-            m2 += chunk_m2 + float(delta.double().pow(2).sum()) * seen * count / total
-            mean = mean + delta * (count / total)
-        seen += count
+        grads = per_example(theta, [t.index_select(0, idx.to(t.device)) for t in mapped])
+        count = idx.numel()
+        total = seen + count
         positions = torch.arange(start, start + count, device=device)
         keep = positions < batches * minibatch_size
-        if keep.any():
-            if minibatch_sums is None:
-                minibatch_sums = torch.zeros(batches, flat.shape[1], dtype=flat.dtype, device=device)
-            minibatch_sums.index_add_(0, positions[keep] // minibatch_size, flat[keep])
-    g_norm2 = float(mean.double().pow(2).sum())
+        for k, key in enumerate(names):
+            flat = grads["model." + key].reshape(count, -1)
+            chunk_mean = flat.mean(dim=0)
+            m2 += float((flat - chunk_mean).pow(2).sum())
+            if seen:
+                delta = chunk_mean - means[key]
+                m2 += float(delta.pow(2).sum()) * seen * count / total
+                means[key] = means[key] + delta * (count / total)
+            else:
+                means[key] = chunk_mean
+            if batches and keep.any():
+                sums[k].index_add_(0, positions[keep] // minibatch_size, flat[keep])
+        seen = total
+    if not math.isfinite(m2):
+        raise ValueError("a per-example gradient is not finite; the noise scale needs finite gradients")
+    mean = torch.cat([means[key].reshape(-1) for key in names]).double()
+    g_norm2 = float(mean.pow(2).sum())
     trace_sigma = m2 / n
     scale = trace_sigma / g_norm2 if g_norm2 > 0 else math.inf
-    minibatch = minibatch_sums / minibatch_size
-    cosines = torch.nn.functional.cosine_similarity(minibatch.double(), mean.double().unsqueeze(0), dim=1)
+    minibatch = torch.cat(sums, dim=1).double() / minibatch_size
+    cosines = torch.nn.functional.cosine_similarity(minibatch, mean.unsqueeze(0), dim=1)
     return scale, float(cosines.mean())
 
 
@@ -619,7 +622,7 @@ def curvature(
     parts: Mapping[str, nn.Module] | None = None,
     quantities: Sequence[str] = CURVATURE_QUANTITIES,
     method: Literal["lanczos", "power"] = "lanczos",
-    iterations: int = 20,
+    iterations: int = 8,
     tolerance: float = 1e-3,
     trace_probes: int = 10,
     lanczos_steps: int = 20,
@@ -654,7 +657,7 @@ def curvature(
         rank_threshold: ε: the rank counts eigenvalues with |λ| > ε · max |λ|.
         minibatch_size: examples per minibatch for the gradient cosine (at most the probe batch size).
         mode: ``eval`` (default) or ``train``: the mode the loss is measured in (module docstring).
-        chunk_size: examples per vectorised per-example-gradient call (None: from a 256 MiB budget).
+        chunk_size: examples per vectorised per-example-gradient call (None: from a 64 MiB budget).
         reorthogonalize: full re-orthogonalisation in Lanczos (k·P floats of memory).
         parameters: ``trainable`` (requires_grad) or ``all`` (also frozen ones, e.g. a tortoise copy).
         seed: seed of the Rademacher probes and the minibatch partition.

@@ -142,6 +142,8 @@ class SupervisedCurvatureConfig(CurvatureConfig):
     """when: at the end of each phase and/or at its start (after the phase-switch interventions)"""
     per_part: bool = False
     """also sharpness of the encoder and of the head alone (about 2x the sharpness cost)"""
+    last_phase_only: bool = False
+    """measure only in the last phase (a warm start's tuning phase; the fresh arm's only phase)"""
 
     def __post_init__(self) -> None:
         if isinstance(self.minibatch_size, bool) or not isinstance(self.minibatch_size, int):

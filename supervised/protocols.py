@@ -294,6 +294,7 @@ def run_arm(
         # Every arm of a seed measures the same examples of a phase with the same indices (the full set).
         curvature_seed=seed + 2,
         curvature_at=tuple(curv.at),
+        curvature_last_phase_only=curv.last_phase_only,
     )
     trainer = Trainer(
         network,

@@ -144,6 +144,7 @@ class TrainSettings:
     curvature_probe_size: int = 0  # examples of the phase in the curvature probe batch (0: no curvature)
     curvature_seed: int = 0  # seed of the draw of those examples (the same for every arm of a seed)
     curvature_at: tuple[str, ...] = ("end",)  # at phase "start" (after the switch) and/or "end"
+    curvature_last_phase_only: bool = False  # only in the last phase (a warm start's tuning phase)
 
 
 @torch.no_grad()
@@ -465,10 +466,12 @@ class Trainer:
 
     @property
     def _curvature_on(self) -> bool:
+        """Whether curvature is measured in the current phase."""
         return (
             self.monitor is not None
             and self.monitor.loss_fn is not None
             and self.settings.curvature_probe_size > 0
+            and (not self.settings.curvature_last_phase_only or self.state.phase == len(self.phases) - 1)
         )
 
     def curvature_batch(self, phase: Phase) -> tuple[torch.Tensor, torch.Tensor]:

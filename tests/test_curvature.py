@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -612,3 +613,67 @@ def test_curvature_flags_and_bad_values():
         SupervisedCurvatureConfig(at=("middle",))
     assert SupervisedCurvatureConfig(probe_size=100).estimator(128).minibatch_size == 50
     assert SupervisedCurvatureConfig().estimator(64).minibatch_size == 64
+
+
+# ----------------------------------------------------------------------------- the hypothesis benchmark
+
+
+def test_spearman_with_ties_and_its_interval():
+    from plasticrl.benchmarks.sharpness_hypothesis import _ranks, spearman
+
+    assert _ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    x = [0.1, 0.4, 0.2, 0.9, 0.5, 0.3, 0.8, 0.8]
+    y = [1.0, 3.0, 2.5, 7.0, 4.0, 2.0, 5.0, 6.0]
+    result = spearman(x, y)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert result["rho"] == pytest.approx(scipy_stats.spearmanr(x, y).statistic, abs=1e-12)
+    # Fisher z with Bonett & Wright's standard error sqrt((1 + rho^2 / 2) / (n - 3))
+    se = math.sqrt((1 + result["rho"] ** 2 / 2) / 5)
+    assert result["low"] == pytest.approx(math.tanh(math.atanh(result["rho"]) - 1.96 * se))
+    assert result["high"] == pytest.approx(math.tanh(math.atanh(result["rho"]) + 1.96 * se))
+    assert math.isnan(spearman([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])["rho"])
+
+
+def test_verdicts_follow_the_intervals():
+    from plasticrl.benchmarks import sharpness_hypothesis as hypothesis
+
+    assert hypothesis._signed({"mean": 1.0, "ci95": 0.5}, True) == "supports"
+    assert hypothesis._signed({"mean": 1.0, "ci95": 0.5}, False) == "contradicts"
+    assert hypothesis._signed({"mean": -1.0, "ci95": 0.5}, False) == "supports"
+    assert hypothesis._signed({"mean": 0.2, "ci95": 0.5}, True) == "cannot decide"
+    assert hypothesis._weak({"rho": 0.1, "low": -0.3, "high": 0.4}) == "supports"
+    assert hypothesis._weak({"rho": 0.8, "low": 0.6, "high": 0.9}) == "contradicts"
+    assert hypothesis._weak({"rho": 0.5, "low": 0.1, "high": 0.8}) == "cannot decide"
+    assert hypothesis._correlated({"rho": -0.7, "low": -0.9, "high": -0.3}, False) == "supports"
+
+
+def test_sharpness_hypothesis_benchmark_smoke(tmp_path):
+    import json
+
+    from plasticrl.benchmarks import sharpness_hypothesis as hypothesis
+    from plasticrl.supervised.config import SupervisedCurvatureConfig
+
+    args = hypothesis.Args(
+        seeds=(0,), base_epochs=1, train_limit=200, base_width=2, curvature_probe=32, eval_every=5,
+        curvature=SupervisedCurvatureConfig(
+            at=("start", "end"), last_phase_only=True, iterations=3, trace_probes=2, lanczos_steps=3
+        ),
+        run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), plot=True,
+    )  # fmt: skip
+    payload = hypothesis.main(args)
+    assert set(payload["rows"]) == set(hypothesis.ARMS)
+    for arm, rows in payload["rows"].items():
+        assert len(rows) == 1 and all(math.isfinite(rows[0][key]) for key, *_ in hypothesis.METRICS), arm
+    assert payload["rows"]["fresh"][0]["gap"] == 0.0
+    table = (tmp_path / "out" / "sharpness_hypothesis.md").read_text()
+    for label in hypothesis.LABELS.values():
+        assert f"| {label} |" in table
+    assert len(payload["verdicts"]) == 10 and "**" in table
+    assert (tmp_path / "out" / "sharpness_hypothesis.png").stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "sharpness_hypothesis.json").read_text())["verdicts"]
+    # curvature only in the tuning phase (last_phase_only): one start and one end record per warm run
+    result = json.loads((Path(payload["runs"]["warm"][0]) / "result.json").read_text())
+    assert [(d["phase"], d["when"]) for d in result["diagnostics"] if "sharpness" in d] == [
+        (1, "start"),
+        (1, "end"),
+    ]
