@@ -15,7 +15,7 @@ the ``parts`` given):
   ``rank_threshold``), read off a stochastic Lanczos quadrature (SLQ) estimate of the spectral density
   (Ghorbani et al. 2019, Sec. 2; the seed paper cites it).
 - ``plasticity/grad_noise_scale/<name>``: the simple noise scale B = tr(Σ)/‖G‖² (McCandlish et al. 2018,
-  Sec. 2.2, eq. 2.7) from per-example gradients (``torch.func.vmap`` over ``torch.func.grad``).
+  Sec. 2) from per-example gradients (``torch.func.vmap`` over ``torch.func.grad``).
 - ``plasticity/grad_cosine/<name>``: the mean cosine between the full-batch gradient G and the gradients
   of disjoint minibatches of ``minibatch_size`` examples: the probe batch reordered by
   ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))`` and cut into n // b minibatches
@@ -30,11 +30,13 @@ How well (k: Lanczos steps; m: probes; P: number of parameters):
 
 - sharpness: a Ritz value of H, so never above λ_max (a Rayleigh quotient); Lanczos stops early once the
   residual ‖H y − θ y‖ of the top Ritz pair is ≤ ``tolerance``·|θ|, which places an eigenvalue of H within
-  ``tolerance``·|θ| of θ (Parlett, The Symmetric Eigenvalue Problem, Thm 4.5.1). Power iteration stops when
+  ``tolerance``·|θ| of θ (the residual bound for symmetric matrices; Parlett, The Symmetric Eigenvalue
+  Problem, 1998, Ch. 4). Power iteration stops when
   successive estimates differ by ≤ ``tolerance``·|θ| and finds the eigenvalue of largest *magnitude*
   (λ_min when a negative one dominates); Lanczos finds the algebraically largest, in far fewer products.
-- trace: unbiased; with Rademacher probes Var(zᵀ H z) = 2(‖H‖_F² − Σ_i H_ii²) (Avron & Toledo 2011,
-  Lemma 9), so the standard error is √(2(‖H‖_F² − Σ_i H_ii²)/m); ``hessian_trace_stderr`` estimates it.
+- trace: unbiased; with Rademacher probes Var(zᵀ H z) = 2(‖H‖_F² − Σ_i H_ii²) (the smallest variance of
+  any i.i.d. probe distribution; Hutchinson 1990, Avron & Toledo 2011), so the standard error is
+  √(2(‖H‖_F² − Σ_i H_ii²)/m); ``hessian_trace_stderr`` estimates it.
 - rank: each probe z gives a Gauss quadrature rule from its k Lanczos steps (nodes θ_j = Ritz values,
   weights w_j = first components² of the Ritz vectors, Σ w_j = 1), exact for polynomials of degree ≤ 2k − 1
   against the spectral measure Σ_i (zᵀu_i)²/‖z‖² δ(λ − λ_i). The estimate is P · mean_z Σ_j w_j 1[|θ_j| >
@@ -196,6 +198,8 @@ class CurvatureConfig:
     """Lanczos steps per SLQ probe for the spectral density behind the rank"""
     density_probes: int = 1
     """SLQ probes (Rademacher starting vectors) for the rank"""
+    # Our choice: no paper fixes one. Where eigenvalues crowd around the threshold the count depends on it
+    # (module docstring).
     rank_threshold: float = 1e-3
     """rank counts eigenvalues with |lambda| > this times max |lambda|"""
     minibatch_size: int = 32
@@ -493,7 +497,7 @@ def _lanczos(
         if q_prev is not None:
             w = w - beta_prev * q_prev
         if reorthogonalize:
-            # Classical Gram-Schmidt twice against the whole basis ("twice is enough", Parlett 1998 §6.9).
+            # Classical Gram-Schmidt twice against the basis (Kahan's "twice is enough"; Parlett 1998).
             done = basis[: j + 1]
             for _ in range(2):
                 w = w - done.t() @ (done @ w)
