@@ -19,14 +19,17 @@ Reported, as the median of ``--repeats`` runs after one warm-up, in one table:
 
 Curvature (``--part curvature``; issue 16): the cost of each quantity of
 :func:`plasticrl.interventions.curvature` at its default settings — sharpness (every Lanczos step taken:
-tolerance 0, the worst case), Hutchinson trace, SLQ rank, gradient noise scale + cosine, all four in one
-call — as a multiple of one training update of the same network, on
+tolerance 0, the worst case; also with per-part values), Hutchinson trace, SLQ rank, gradient noise scale
+and cosine — as a multiple of one training update of the same network, and λ_max after the default steps
+as a share of λ_max after 24 steps, on
 
 - the SAC critic: ``QEnsemble`` 2 × (256, 256) on cheetah-run states (17 + 6 inputs), batch 256 (the SAC
-  defaults), MSE against a fixed target; update = critic forward + backward + Adam step;
+  defaults), MSE against a fixed target; update = the critic update as the agent does it (bootstrap target
+  from an actor MLP and a target critic without gradients, TD loss, backward, Adam step);
 - the DrQ critic: the ``DrQEncoder`` convs + projection and ``QEnsemble`` 2 × (1024, 1024) on (9, 84, 84)
   pixels, as ``agents/drq.py`` builds it, batch ``--drq-batch`` (32 by default: the paper's 512 takes
-  ~10 s per update on a CPU; the multiple barely depends on the batch);
+  ~10 s per update on a CPU; the multiple barely depends on the batch); update = its critic update with
+  K = M = 2 copies of the observations (augmentations are not applied: their cost is small);
 - the supervised ResNet-18 (width 64, CIFAR-10 shapes), batch 128 (Ash & Adams; Berariu et al.),
   cross-entropy, Adam.
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -80,10 +84,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` in ms over ``repeats`` calls, after one warm-up call."""
-    fn()
-    sync(device)
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: bool = True) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls, after one warm-up call (if ``warmup``)."""
+    if warmup:
+        fn()
+        sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -120,6 +125,7 @@ def make_update(net: ImpalaCNN, opt: torch.optim.Optimizer, batch: int, device: 
 
 GOAL_MS = 10.0
 SHARPNESS_BUDGET = 20.0  # issue 16: sharpness at its default iterations within ~20 updates' time
+CURVATURE_NETS = ("sac", "drq", "resnet")
 
 
 # ----------------------------------------------------------------------------- curvature costs
@@ -171,8 +177,9 @@ def _critic_update(critic, actor_features, actor, obs, next_obs, action, reward,
     return update
 
 
-def curvature_cases(device: torch.device, drq_batch: int) -> list[tuple]:
-    """(label, network, loss_fn, probe batch, parts, one training update) of issue 16's three networks."""
+def curvature_cases(device: torch.device, drq_batch: int, names=CURVATURE_NETS) -> list[tuple]:
+    """(label, network, loss_fn, probe batch, parts, one training update) of issue 16's networks ``names``
+    (``sac``, ``drq``, ``resnet``)."""
     g = torch.Generator(device=device).manual_seed(3)
     torch.manual_seed(0)
     obs_dim, action_dim = 17, 6  # DMC cheetah-run
@@ -208,7 +215,7 @@ def curvature_cases(device: torch.device, drq_batch: int) -> list[tuple]:
         cross_entropy(resnet, (images, labels)).backward()
         resnet_opt.step()
 
-    return [
+    cases = [
         (
             "SAC critic 2x(256,256), cheetah-run states, batch 256",
             sac, td_loss, sac_probe, {"encoder": sac.encoder, "head": sac.head}, sac_update,
@@ -223,13 +230,21 @@ def curvature_cases(device: torch.device, drq_batch: int) -> list[tuple]:
             resnet_update,
         ),
     ]  # fmt: skip
+    return [case for case, name in zip(cases, CURVATURE_NETS) if name in names]
 
 
 def _curvature_case(args, device, label, net, loss_fn, batch, parts, update, defaults):
-    """(update ms, [(quantity, ms, HVPs)]) of one network."""
+    """[(quantity, ms, update ms)] of one network: every cost is divided by the median of updates timed
+    right before and after it, so that a shared machine's changing load cancels out."""
     params = sum(p.numel() for p in net.parameters())
-    update_ms = median_ms(update, args.repeats, device)
-    print(f"  ... {label}: {params / 1e6:.2f} M parameters, one update {update_ms:.1f} ms", flush=True)
+    update()  # warm-up (allocator, lazy optimizer state)
+    print(f"  ... {label}: {params / 1e6:.2f} M parameters", flush=True)
+
+    def timed(fn, repeats: int, warmup: bool) -> tuple[float, float]:
+        before = median_ms(update, 1, device, warmup=False)
+        ms = median_ms(fn, repeats, device, warmup)
+        after = median_ms(update, 1, device, warmup=False)
+        return ms, statistics.median([before, after])
 
     def graph() -> _Hessian:
         return _Hessian(_LossCall(net, loss_fn), batch, _select_params(net, None, "trainable"))
@@ -239,11 +254,14 @@ def _curvature_case(args, device, label, net, loss_fn, batch, parts, update, def
     every = list(range(len(hessian.leaves)))
     v = torch.randn(hessian.dim(every), device=device)
     rows = [
-        ("graph (forward + backward with create_graph)", median_ms(graph, args.repeats, device)),
-        ("one Hessian-vector product", median_ms(lambda: hessian.hvp(v, every), args.repeats, device)),
+        ("one update", *timed(update, args.repeats, False)),
+        ("graph (forward + backward with create_graph)", *timed(graph, args.repeats, False)),
+        ("one Hessian-vector product", *timed(lambda: hessian.hvp(v, every), args.repeats, False)),
     ]
     hessian = None  # free the kept graph before the next measurements
     settings = dict(tolerance=0.0, minibatch_size=min(defaults.minibatch_size, batch[0].shape[0] // 2))
+    # Whole calls of seconds to minutes: one warm-up only when more than one timed repeat is asked for.
+    repeats, warmup = max(1, args.repeats - 1), args.repeats > 1
     for name, quantity, extra in (
         (f"sharpness ({defaults.iterations} steps)", "sharpness", {}),
         ("sharpness + encoder + head", "sharpness", {"parts": parts}),
@@ -251,26 +269,27 @@ def _curvature_case(args, device, label, net, loss_fn, batch, parts, update, def
         (f"rank ({defaults.density_probes} x {defaults.lanczos_steps} steps)", "rank", {}),
         ("noise scale + cosine", "noise", {}),
     ):
-        ms = median_ms(
+        if name.startswith("sharpness +") and not args.curvature_parts:
+            continue
+        ms, update_ms = timed(
             lambda q=quantity, e=extra: curvature(net, loss_fn, batch, quantities=(q,), **settings, **e),
-            max(1, args.repeats - 1),
-            device,
+            repeats,
+            warmup,
         )
-        rows.append((name, ms))
+        rows.append((name, ms, update_ms))
         print(f"      {name}: {ms:.0f} ms = {ms / update_ms:.1f} updates", flush=True)
-    rows.append(
-        ("all four, one call", median_ms(lambda: curvature(net, loss_fn, batch, **settings), 1, device))
-    )
-    # Accuracy of the default step count: λ_max after the default steps vs 40 steps, three start vectors.
-    reference = curvature(net, loss_fn, batch, quantities=("sharpness",), iterations=40, tolerance=1e-7)
+    if not args.curvature_accuracy:
+        return rows, (math.nan, math.nan)
+    # Accuracy of the default step count: λ_max after the default steps (two start vectors) vs 24 steps.
+    reference = curvature(net, loss_fn, batch, quantities=("sharpness",), iterations=24, tolerance=1e-7)
     ratios = [
         curvature(net, loss_fn, batch, quantities=("sharpness",), tolerance=0.0, seed=seed)[
             "plasticity/sharpness/network"
         ]
         / reference["plasticity/sharpness/network"]
-        for seed in range(3)
+        for seed in range(1, 3)
     ]
-    return update_ms, rows, (min(ratios), reference["plasticity/sharpness/network"])
+    return rows, (min(ratios), reference["plasticity/sharpness/network"])
 
 
 def curvature_costs(args: argparse.Namespace, device: torch.device) -> None:
@@ -281,28 +300,29 @@ def curvature_costs(args: argparse.Namespace, device: torch.device) -> None:
         f"tolerance 0); {args.repeats} repeats; probe batch = training batch; eval mode"
     )
     table = []
-    for label, net, loss_fn, batch, parts, update in curvature_cases(device, args.drq_batch):
-        update_ms, rows, accuracy = _curvature_case(
-            args, device, label, net, loss_fn, batch, parts, update, defaults
-        )
-        table.append((label, sum(p.numel() for p in net.parameters()), update_ms, rows, accuracy))
+    for label, net, loss_fn, batch, parts, update in curvature_cases(
+        device, args.drq_batch, args.curvature_nets
+    ):
+        rows, accuracy = _curvature_case(args, device, label, net, loss_fn, batch, parts, update, defaults)
+        table.append((label, sum(p.numel() for p in net.parameters()), rows, accuracy))
 
     print("\ncurvature cost as a multiple of one training update of the network (median ms in brackets)")
     print(
         "update: SAC / DrQ critic update with its bootstrap target (actor + target critic, no gradients; DrQ "
         "with K = M = 2 copies) and an Adam step; ResNet-18: cross-entropy step, Adam"
     )
-    for label, params, update_ms, rows, (ratio, reference) in table:
-        print(f"  {label} ({params / 1e6:.2f} M parameters; update {update_ms:.1f} ms)")
-        for name, ms in rows:
+    for label, params, rows, (ratio, reference) in table:
+        print(f"  {label} ({params / 1e6:.2f} M parameters)")
+        for name, ms, update_ms in rows:
             flag = ""
             if name.startswith("sharpness (") and ms / update_ms > SHARPNESS_BUDGET:
                 flag = f"  > {SHARPNESS_BUDGET:g} updates"
-            print(f"    {name:<48} {ms / update_ms:7.1f}  ({ms:.0f} ms){flag}")
-        print(
-            f"    sharpness after {defaults.iterations} steps / after 40 steps: >= {ratio:.4f} "
-            f"(3 start vectors; lambda_max {reference:.4g})"
-        )
+            print(f"    {name:<48} {ms / update_ms:7.1f}  ({ms:.0f} ms; update {update_ms:.0f} ms){flag}")
+        if not math.isnan(ratio):
+            print(
+                f"    sharpness after {defaults.iterations} steps / after 24 steps: >= {ratio:.4f} "
+                f"(2 start vectors; lambda_max {reference:.4g})"
+            )
 
 
 def main() -> None:
@@ -314,6 +334,18 @@ def main() -> None:
     parser.add_argument("--probe-batch", type=int, default=256)
     parser.add_argument("--update-batch", type=int, default=32)
     parser.add_argument("--drq-batch", type=int, default=32, help="DrQ critic batch of the curvature costs")
+    parser.add_argument(
+        "--curvature-nets", nargs="+", choices=CURVATURE_NETS, default=list(CURVATURE_NETS),
+        help="networks of the curvature costs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curvature-parts", action=argparse.BooleanOptionalAction, default=True,
+        help="also time sharpness with per-part values (encoder, head)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curvature-accuracy", action=argparse.BooleanOptionalAction, default=True,
+        help="also compare lambda_max after the default steps with 24 steps",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()

@@ -24,7 +24,9 @@ the ``parts`` given):
 The probe batch is the population: G is the mean gradient over its n examples, Σ = (1/n) Σ_i (g_i − G)
 (g_i − G)ᵀ the covariance of their per-example gradients, so B is exactly the noise scale of drawing
 minibatches from the probe batch (a minibatch of b examples drawn with replacement has gradient covariance
-Σ/b; E‖g_b − G‖² / ‖G‖² = B/b). When ‖G‖ = 0 the noise scale is ``inf``.
+Σ/b; E‖g_b − G‖² / ‖G‖² = B/b, and (B/b)·(n − b)/(n − 1) for the disjoint minibatches of the cosine, so
+on average cos ≈ (1 + (B/b)(n − b)/(n − 1))^(−1/2), as the deviations g_b − G average to zero; with few
+minibatches the cosine is a noisy estimate). When ‖G‖ = 0 the noise scale is ``inf``.
 
 How well (k: Lanczos steps; m: probes; P: number of parameters):
 
@@ -178,17 +180,18 @@ def _check_settings(
 class CurvatureConfig:
     """Settings of :func:`curvature` (a nested tyro group: ``--curvature.iterations 20``).
 
-    Defaults: 8 Lanczos steps for λ_max (within 0.2% of a 40-step value on the SAC critic, a small CNN and
-    an MLP), chosen so that sharpness costs at most ~20 training updates on the SAC critic, the DrQ critic
-    and ResNet-18 (``benchmarks/intervention_benchmark.py --part curvature`` prints the figures); 10
-    Hutchinson probes (standard error ~ 1/√10 of the probes' spread); one 20-step SLQ probe with ε = 1e-3
-    for the rank; minibatches of 32 for the cosine."""
+    Defaults: 7 Lanczos steps for λ_max (6 came within 0.2% of a 60-step value on the SAC critic, a small
+    trained CNN and a trained MLP), chosen so that sharpness costs at most ~20 training updates on the SAC
+    critic, the DrQ critic and ResNet-18, where one Hessian-vector product costs ~2.5 updates
+    (``benchmarks/intervention_benchmark.py --part curvature`` prints the figures); 10 Hutchinson probes
+    (standard error ~ 1/√10 of the probes' spread); one 20-step SLQ probe with ε = 1e-3 for the rank;
+    minibatches of 32 for the cosine."""
 
     quantities: tuple[str, ...] = CURVATURE_QUANTITIES
     """what to measure: sharpness trace rank noise (noise = grad noise scale and minibatch cosine)"""
     method: Literal["lanczos", "power"] = "lanczos"
     """sharpness by Lanczos (algebraically largest eigenvalue) or power iteration (largest magnitude)"""
-    iterations: int = 8
+    iterations: int = 7
     """most Hessian-vector products for sharpness (Lanczos steps or power iterations), per part too"""
     tolerance: float = 1e-3
     """stop sharpness early at this relative residual (Lanczos) or relative change (power)"""
@@ -626,7 +629,7 @@ def curvature(
     parts: Mapping[str, nn.Module] | None = None,
     quantities: Sequence[str] = CURVATURE_QUANTITIES,
     method: Literal["lanczos", "power"] = "lanczos",
-    iterations: int = 8,
+    iterations: int = 7,
     tolerance: float = 1e-3,
     trace_probes: int = 10,
     lanczos_steps: int = 20,

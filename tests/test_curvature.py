@@ -538,6 +538,7 @@ def test_supervised_harness_logs_curvature_at_phase_ends_and_of_the_tortoise(dig
     from plasticrl.supervised.config import SupervisedHareTortoiseConfig
 
     config = harness_config(tmp_path)
+    config = dataclasses.replace(config, curvature=dataclasses.replace(config.curvature, per_part=True))
     ht = dataclasses.replace(config, hare_tortoise=SupervisedHareTortoiseConfig(enabled=True, every=1))
     summary = warm_start(config, [("warm", config), ("ht", ht)], dataset=digits)
     for arm, phases in (("fresh", 1), ("warm", 2), ("ht", 2)):
@@ -551,8 +552,10 @@ def test_supervised_harness_logs_curvature_at_phase_ends_and_of_the_tortoise(dig
         assert all(set(TAGS) <= set(d) for d in ends)
         # per-epoch diagnostics (not at a phase end) leave the curvature out: it costs tens of backwards
         assert not any("sharpness" in d for d in result["diagnostics"] if d["when"] == "epoch")
-        if arm == "ht":  # the evaluated network (the tortoise) is measured too
+        assert {"plasticity/sharpness/network/encoder", "plasticity/sharpness/network/head"} <= tags
+        if arm == "ht":  # the evaluated network (the tortoise) is measured too, its parts matched by path
             assert "plasticity/sharpness/tortoise" in tags and "plasticity/srank/tortoise" in tags
+            assert "plasticity/sharpness/tortoise/head" in tags
             assert [d["phase"] for d in result["eval_diagnostics"]] == [0, 1]
             assert set(TAGS) | {"dormant_ratio", "weight_norm"} <= set(result["eval_diagnostics"][-1])
         else:
@@ -660,7 +663,11 @@ def test_sharpness_hypothesis_benchmark_smoke(tmp_path):
         ),
         run_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), plot=True,
     )  # fmt: skip
-    payload = hypothesis.main(args)
+    threads = torch.get_num_threads()
+    try:
+        payload = hypothesis.main(args)  # sets torch's thread count (--threads 1): restored below
+    finally:
+        torch.set_num_threads(threads)
     assert set(payload["rows"]) == set(hypothesis.ARMS)
     for arm, rows in payload["rows"].items():
         assert len(rows) == 1 and all(math.isfinite(rows[0][key]) for key, *_ in hypothesis.METRICS), arm
