@@ -684,3 +684,21 @@ def test_sharpness_hypothesis_benchmark_smoke(tmp_path):
         (1, "start"),
         (1, "end"),
     ]
+
+
+def test_intervention_benchmark_prints_the_curvature_costs():
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "intervention_benchmark.py"), "--part", "curvature",
+         "--repeats", "1", "--threads", "1", "--curvature-nets", "sac", "drq", "--drq-batch", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = ("one update", "one Hessian-vector product", "sharpness (7 steps)", "sharpness + encoder + head",
+            "trace (10 probes)", "rank (1 x 20 steps)", "noise scale + cosine", "after 24 steps")  # fmt: skip
+    for row in rows:
+        assert row in done.stdout, row
+    assert "SAC critic" in done.stdout and "DrQ critic" in done.stdout and "ResNet-18 (w 64)" not in done.stdout
