@@ -701,4 +701,5 @@ def test_intervention_benchmark_prints_the_curvature_costs():
             "trace (10 probes)", "rank (1 x 20 steps)", "noise scale + cosine", "after 24 steps")  # fmt: skip
     for row in rows:
         assert row in done.stdout, row
-    assert "SAC critic" in done.stdout and "DrQ critic" in done.stdout and "ResNet-18 (w 64)" not in done.stdout
+    assert "SAC critic" in done.stdout and "DrQ critic" in done.stdout
+    assert "ResNet-18 (w 64)" not in done.stdout
