@@ -78,7 +78,9 @@ from plasticrl.common.agent_interventions import (
     build_interventions,
 )
 from plasticrl.common.cli import announce, check_common_args, open_run, run_agent, setup_torch
+from plasticrl.common.evaluation import EpisodeEvaluator
 from plasticrl.common.loop import OffPolicyLoop
+from plasticrl.common.training_env import SingleEnv
 from plasticrl.envs import default_action_repeat, make_dmc
 from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
 from plasticrl.networks import (
@@ -87,6 +89,7 @@ from plasticrl.networks import (
     OrthogonalInit,
     QEnsemble,
     fresh_copy,
+    random_shift,
     set_initializer,
     soft_update_,
 )
@@ -270,20 +273,6 @@ class DrQNetworks(nn.Module):
         h = self.encoder(obs)
         mean, log_std = self.actor(h)
         return self.critic(h, action), mean, log_std
-
-
-def random_shift(obs: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ's augmentation: replicate-pad by ``pad`` pixels, crop back at a random offset per sample.
-
-    Computed as two gathers with clamped indices (a crop of the replicate-padded image reads row
-    clamp(i + dy − pad, 0, H − 1)), on any dtype; offsets are uniform in {0, …, 2·pad}.
-    """
-    batch, channels, height, width = obs.shape
-    shifts = torch.randint(0, 2 * pad + 1, (batch, 2), device=obs.device)
-    rows = (torch.arange(height, device=obs.device) + shifts[:, :1] - pad).clamp_(0, height - 1)
-    cols = (torch.arange(width, device=obs.device) + shifts[:, 1:] - pad).clamp_(0, width - 1)
-    out = obs.gather(2, rows.view(batch, 1, height, 1).expand(batch, channels, height, width))
-    return out.gather(3, cols.view(batch, 1, 1, width).expand(batch, channels, height, width))
 
 
 def to_float(obs: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -545,12 +534,11 @@ def main(args: Args) -> dict[str, Any]:
         agent=AGENT,
         args=args,
         run=run,
-        env=env,
-        eval_env=eval_env,
+        env=SingleEnv(env),
+        evaluator=EpisodeEvaluator(lambda obs: act(obs, deterministic=True), eval_env),
         buffer=buffer,
         interventions=interventions,
         networks=nets,
-        eval_policy=lambda obs: act(obs, deterministic=True),
         agent_state=agent_state,
         load_agent_state=load_agent_state,
         diagnostics=diagnostics,

@@ -62,7 +62,9 @@ from plasticrl.common.agent_interventions import (
     build_interventions,
 )
 from plasticrl.common.cli import announce, check_common_args, open_run, run_agent, setup_torch
+from plasticrl.common.evaluation import EpisodeEvaluator
 from plasticrl.common.loop import OffPolicyLoop
+from plasticrl.common.training_env import SingleEnv
 from plasticrl.envs import make_dmc
 from plasticrl.interventions import CBPConfig, L2InitConfig, ordered_configs, run_tag
 from plasticrl.networks import MLP, OrthogonalInit, QEnsemble, set_initializer, soft_update_
@@ -401,12 +403,11 @@ def main(args: Args) -> dict[str, Any]:
         agent=AGENT,
         args=args,
         run=run,
-        env=env,
-        eval_env=eval_env,
+        env=SingleEnv(env),
+        evaluator=EpisodeEvaluator(lambda obs: act(obs, deterministic=True), eval_env),
         buffer=buffer,
         interventions=interventions,
         networks=nets,
-        eval_policy=lambda obs: act(obs, deterministic=True),
         agent_state=agent_state,
         load_agent_state=load_agent_state,
         diagnostics=diagnostics,

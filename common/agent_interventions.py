@@ -182,7 +182,7 @@ def _within(part: nn.Module, modules: Sequence[nn.Module]) -> list[nn.Module]:
 def build_interventions(
     args: Any,
     network: nn.Module,
-    target: nn.Module,
+    target: nn.Module | None,
     loss_parts: Mapping[str, tuple[Sequence[nn.Module], Optimizer]],
     batch_fn: Callable[[], Any],
     example_inputs: Any,
@@ -202,24 +202,25 @@ def build_interventions(
     :class:`AgentInterventions`).
     """
     optimizers = [opt for _, opt in loss_parts.values()]
+    targets = [] if target is None else [target]
     # Application order: plasticrl.interventions.INTERVENTION_ORDER (the same in the supervised harness).
     entries = []
     if args.hare_tortoise.enabled:
-        entries.append(HareTortoise(args.hare_tortoise, network, optimizers, [target]))
+        entries.append(HareTortoise(args.hare_tortoise, network, optimizers, targets))
     # Unit-level interventions also zero columns of the layers reading the units, which may belong to
     # another part (the conv units feed the actor's and the critic's projections): all optimizers.
     if args.cbp.enabled:
         modules = _resolve(network, args.cbp.modules, "cbp")
         entries.append(
-            ContinualBackprop(args.cbp, network, example_inputs, optimizers, [target], modules=modules)
+            ContinualBackprop(args.cbp, network, example_inputs, optimizers, targets, modules=modules)
         )
     if args.redo.enabled:
         modules = _resolve(network, args.redo.modules, "redo")
-        entries.append(ReDo(args.redo, network, batch_fn, optimizers, [target], modules=modules))
+        entries.append(ReDo(args.redo, network, batch_fn, optimizers, targets, modules=modules))
     if args.reset.enabled:
         modules = _resolve(network, args.reset.modules, "reset")
         entries.append(
-            Reset(args.reset, network, optimizers_holding(modules, optimizers), [target], modules=modules)
+            Reset(args.reset, network, optimizers_holding(modules, optimizers), targets, modules=modules)
         )
     if args.shrink_perturb.enabled:
         modules = _resolve(network, args.shrink_perturb.modules, "shrink-perturb")
@@ -228,7 +229,7 @@ def build_interventions(
                 args.shrink_perturb,
                 network,
                 optimizers_holding(modules, optimizers),
-                [target],
+                targets,
                 modules=modules,
             )
         )
@@ -236,7 +237,7 @@ def build_interventions(
         modules = _resolve(network, args.injection.modules, "injection")
         entries.append(
             PlasticityInjection(
-                args.injection, network, optimizers_holding(modules, optimizers), [target], modules=modules
+                args.injection, network, optimizers_holding(modules, optimizers), targets, modules=modules
             )
         )
     penalties: dict[str, list[L2Init]] = {name: [] for name in loss_parts}

@@ -41,6 +41,7 @@ from .run import (
 __all__ = [
     "RESUME_IGNORED_FIELDS",
     "announce",
+    "check_atari_args",
     "check_common_args",
     "cli",
     "dataclass_from_dict",
@@ -158,6 +159,42 @@ def check_common_args(args: Any) -> None:
     check_writable_dir(args.run_dir, "--run-dir")
     if args.resume:
         check_resumable(args.resume)
+
+
+def check_atari_args(args: Any) -> None:
+    """The Atari agents' flags: one of the 26 Atari-100k games (where human-normalised scores are defined),
+    ``--num-envs``, the evaluation settings and the ε values; ValueError naming the flag otherwise."""
+    from plasticrl.envs import ATARI_100K_GAMES, atari_human_normalized_score, resolve_atari_game
+
+    try:
+        resolve_atari_game(args.env_id)  # a typo gets "did you mean"
+        atari_human_normalized_score(args.env_id, 0.0)  # outside the 26: no human score
+    except ValueError as error:
+        raise ValueError(
+            f"--env-id {args.env_id!r}: {error}" if "Atari-100k games" in str(error) else
+            f"--env-id {args.env_id!r}: {error} Atari-100k games: {', '.join(ATARI_100K_GAMES)}."
+        ) from None
+    _check_int("num-envs", args.num_envs, 1)
+    _check_int("max-episode-frames", args.max_episode_frames, 1)
+    _check_int("eval-batch", args.eval_batch, 1)
+    _check_int("intermediate-eval-episodes", args.intermediate_eval_episodes, 1)
+    for name in ("final_epsilon", "eval_epsilon"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    window = max(getattr(args, "n_step", 1), getattr(args, "spr_steps", 0))
+    if args.buffer_size // args.num_envs < 4 + window + 1:
+        raise ValueError(
+            f"--buffer-size {args.buffer_size} holds {args.buffer_size // args.num_envs} transitions per env "
+            f"with --num-envs {args.num_envs}; each needs more than frame stack + horizon = {4 + window}"
+        )
+    # A transition is sampled once the `window` steps after it are stored (or its game ended).
+    if args.learning_starts < args.batch_size + args.num_envs * window:
+        raise ValueError(
+            f"--learning-starts {args.learning_starts} must be at least --batch-size {args.batch_size} + "
+            f"--num-envs {args.num_envs} × {window} (the return / sequence horizon): the first update "
+            "samples transitions whose whole horizon is stored"
+        )
 
 
 def check_learning_rates(args: Any) -> None:

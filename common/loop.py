@@ -22,7 +22,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -30,8 +29,8 @@ from torch import nn
 from plasticrl.buffers import ReplayBatch, ReplayBuffer, ReplayRatioSchedule
 from plasticrl.interventions import InterventionSet
 
-from .env_state import ResumableEnv, env_rng_state, set_env_rng_state
-from .evaluation import evaluate
+from .evaluation import AtariEvaluator, EpisodeEvaluator
+from .exploration import epsilon_greedy
 from .files import atomic_torch_save
 from .run import (
     CHECKPOINT_FILE,
@@ -42,6 +41,7 @@ from .run import (
     set_rng_states,
     stop_on_signals,
 )
+from .training_env import AtariEnvs, SingleEnv
 
 __all__ = ["NONFINITE_CHECKPOINT_FILE", "OffPolicyLoop"]
 
@@ -53,6 +53,11 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def _crossed(previous: int, step: int, every: int) -> bool:
+    """Whether (previous, step] holds a multiple of ``every`` (with one env: ``step % every == 0``)."""
+    return step // every > previous // every
 
 
 def _duration(seconds: float) -> str:
@@ -100,6 +105,17 @@ class OffPolicyLoop:
                 loop.after_step()                         # log, evaluate, step-unit interventions,
         return loop.summary()                             # checkpoint, signals
 
+    Discrete-action agents act with ``loop.epsilon_greedy(greedy, epsilon)`` instead (ε from
+    :func:`~plasticrl.common.exploration.linearly_decaying_epsilon` of ``loop.global_step``).
+
+    Vector envs (:class:`~plasticrl.common.training_env.AtariEnvs`): one ``env_step`` steps every env and
+    stores every env's transition; ``global_step`` counts real agent steps (all envs together, reset steps
+    excluded), so the replay ratio, ``--total-steps`` and every step-unit schedule count agent steps
+    whatever ``--num-envs`` is. The last vector step stores only the steps up to ``--total-steps``.
+    ``after_step`` then handles every agent step the vector step took: a step-unit intervention due at
+    any of them acts (in order), and logging, evaluation and checkpoints happen once when the vector step
+    reaches or crosses their interval (at that step; with one env, exactly at multiples).
+
     Non-finite losses: every update's ``losses/*`` metrics are checked on the device (no host sync: a
     flag and the first failing update's index and values are kept with ``torch.where``); log steps and
     checkpoints read that record and stop the run naming the first failing update, its agent step and
@@ -109,17 +125,22 @@ class OffPolicyLoop:
         agent: agent name (progress bar, result).
         args: the agent's Args (common flags, DESIGN.md §2).
         run: the open run directory.
-        env, eval_env: training and evaluation envs (separate, differently seeded).
+        env: the training env(s): :class:`~plasticrl.common.training_env.SingleEnv` or ``AtariEnvs``.
+        evaluator: ``evaluator(step, episodes, should_stop) -> returns | None`` with ``state_dict`` /
+            ``load_state_dict`` (:mod:`plasticrl.common.evaluation`), on envs separate from training's.
         buffer: the replay buffer (its ``state_dict`` goes into checkpoints).
         interventions: applied after every update with the update count and, for step-unit schedules
             (:class:`AgentInterventions`), after every agent step with the step count.
         networks: the agent's container module (checked for non-finite values before checkpoints).
-        eval_policy: deterministic policy obs → action used for evaluation.
         agent_state / load_agent_state: networks, targets and optimizers of the agent, to and from a dict.
         diagnostics: probe batch (on the device) → ``{tag: value}``; None disables them.
         device: where probe batches go.
         checkpoint: the checkpoint of a resumed run (None for a new run).
-        extra_state / load_extra_state: further state to checkpoint (e.g. θ₀ of the diagnostics).
+        env_steps_per_step: env steps per agent step (action repeat), for the result.
+        normalize_score: mean return → normalised score (Atari: human-normalised), logged as
+            ``eval/normalized_score`` and kept in eval.csv and result.json; None where undefined.
+        intermediate_eval_episodes: episodes of the evaluations before the last (None: as the last,
+            ``--eval-episodes``).
     """
 
     def __init__(
@@ -128,39 +149,40 @@ class OffPolicyLoop:
         agent: str,
         args: Any,
         run: Run,
-        env: gym.Env,
-        eval_env: gym.Env,
+        env: SingleEnv | AtariEnvs,
+        evaluator: EpisodeEvaluator | AtariEvaluator,
         buffer: ReplayBuffer,
         interventions: InterventionSet,
         networks: nn.Module,
-        eval_policy: Callable[[np.ndarray], np.ndarray],
         agent_state: Callable[[], dict],
         load_agent_state: Callable[[dict], None],
         diagnostics: Callable[[ReplayBatch], dict[str, float]] | None,
         device: torch.device,
         checkpoint: dict | None = None,
         env_steps_per_step: int = 1,
+        normalize_score: Callable[[float], float] | None = None,
+        intermediate_eval_episodes: int | None = None,
     ):
         self.agent = agent
         self.args = args
         self.run = run
-        self.env = ResumableEnv(env)
-        self.eval_env = eval_env
+        self.env = env
+        self.evaluator = evaluator
+        self.normalize_score = normalize_score
+        self.intermediate_eval_episodes = intermediate_eval_episodes
         self.buffer = buffer
         self.interventions = interventions
         self.networks = networks
-        self.eval_policy = eval_policy
         self.agent_state = agent_state
         self.diagnostics = diagnostics if args.diagnostics_every > 0 else None
         self.device = device
         self.env_steps_per_step = env_steps_per_step
         self.total_steps = int(args.total_steps)
-        self.schedule = ReplayRatioSchedule(args.replay_ratio, args.learning_starts)
-        space = env.action_space
-        self._action_low = np.asarray(space.low, dtype=np.float32)
-        self._action_high = np.asarray(space.high, dtype=np.float32)
-        self.warmup_rng = np.random.default_rng(args.seed)
+        self.schedule = ReplayRatioSchedule(args.replay_ratio, args.learning_starts, env.num_envs)
+        # Warm-up and ε-greedy random actions (checkpointed), apart from the global RNGs.
+        self.action_rng = np.random.default_rng(args.seed)
         self.global_step = 0
+        self.handled_step = 0  # agent steps whose end-of-step work (after_step) is done
         self.updates = 0
         self.last_return: float | None = None
         self.last_metrics: dict[str, torch.Tensor] = {}
@@ -172,8 +194,9 @@ class OffPolicyLoop:
         self._all_finite: torch.Tensor | None = None
         self._first_bad_update: torch.Tensor | None = None
         self._bad_values: dict[tuple[str, ...], torch.Tensor] = {}
-        # True when a signal interrupted the evaluation of ``global_step``: the rest of that step
-        # (evaluation, step-unit interventions, checkpoint, end of run) is still to do.
+        # True when a signal interrupted the evaluation at ``global_step``: the rest of the end-of-step work
+        # for steps (handled_step, global_step] (evaluation, step-unit interventions, checkpoint, end of
+        # run) is still to do.
         self._step_pending = False
         self._signals: dict[str, Any] = {"signal": None}
         self._stack = contextlib.ExitStack()
@@ -195,7 +218,7 @@ class OffPolicyLoop:
         self._start_step = self.global_step
         if self._step_pending:  # resumed from a checkpoint written during an evaluation
             self._step_pending = False
-            self._end_of_step(self.global_step)
+            self._end_of_step(self.handled_step, self.global_step)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -219,33 +242,35 @@ class OffPolicyLoop:
         return self.env.obs
 
     def random_action(self) -> np.ndarray:
-        """A uniform random action from the loop's own (checkpointed) generator."""
-        return self.warmup_rng.uniform(self._action_low, self._action_high).astype(np.float32)
+        """A uniform random action (one per env for vector envs) from the loop's checkpointed generator."""
+        return self.env.random_action(self.action_rng)
+
+    def epsilon_greedy(self, greedy: Callable[[], np.ndarray], epsilon: float) -> np.ndarray:
+        """One action per env: uniform with probability ``epsilon``, else from ``greedy()`` (evaluated only
+        when some env acts greedily), drawn from the loop's checkpointed generator."""
+        return epsilon_greedy(greedy, epsilon, self.env.num_actions, self.action_rng, self.env.num_envs)
 
     # -- per step --------------------------------------------------------------------------------
 
     def env_step(self, action: np.ndarray) -> int:
-        """Step the env, store the transition, handle an episode end; returns the updates now due."""
+        """Step the env(s), store the transitions, log ended episodes; returns the updates now due."""
         self._check_action(action)
-        obs = self.env.obs
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
-        self.buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        self.global_step += 1
-        self.progress.update(1)
-        if terminated or truncated:
-            episode = info.get("episode", {})
-            self.last_return = float(np.asarray(episode.get("r", np.nan)))
+        step = self.env.step(action)
+        step.keep_first(self.total_steps - self.global_step)
+        skip = {} if step.skip is None else {"skip": step.skip}
+        self.buffer.add(
+            step.obs, step.action, step.reward, step.next_obs, step.terminated, step.truncated, **skip
+        )
+        self.global_step += step.agent_steps
+        self.progress.update(step.agent_steps)
+        for episode_return, length in step.episodes:
+            self.last_return = episode_return
             self.run.log_scalars(
-                {
-                    "charts/episodic_return": self.last_return,
-                    "charts/episodic_length": float(np.asarray(episode.get("l", np.nan))),
-                },
-                self.global_step,
+                {"charts/episodic_return": episode_return, "charts/episodic_length": length}, self.global_step
             )
-            self.env.episodes += 1
+        if step.episodes:
             self.progress.update(0, ret=self.last_return, updates=self.updates)
-            self.env.reset()
-        return self.schedule.step()
+        return self.schedule.step(step.agent_steps)
 
     def after_update(self, metrics: Mapping[str, torch.Tensor]) -> None:
         """Count the update, keep its metrics, apply interventions, run diagnostics when due."""
@@ -261,35 +286,42 @@ class OffPolicyLoop:
 
     def after_step(self) -> None:
         """Log training scalars, evaluate, apply step-unit interventions, checkpoint and react to signals,
-        as due at this step (rl_with_resets train_dense.py order: updates, evaluation, reset)."""
-        step = self.global_step
-        if step % self.args.log_every == 0:
+        as due at the agent steps since the last call (rl_with_resets train_dense.py order: updates,
+        evaluation, reset)."""
+        previous, step = self.handled_step, self.global_step
+        if _crossed(previous, step, self.args.log_every):
             self._log_training(step)
-        self._end_of_step(step)
+        self._end_of_step(previous, step)
 
     def _stop_requested(self) -> bool:
         return self._signals.get("signal") is not None
 
-    def _end_of_step(self, step: int) -> None:
-        if step % self.args.eval_every == 0 or step == self.total_steps:
-            eval_rng = env_rng_state(self.eval_env)
-            returns = evaluate(
-                self.eval_policy, self.eval_env, self.args.eval_episodes, should_stop=self._stop_requested
-            )
+    def _eval_episodes(self, step: int) -> int:
+        if step >= self.total_steps or self.intermediate_eval_episodes is None:
+            return self.args.eval_episodes
+        return self.intermediate_eval_episodes
+
+    def _end_of_step(self, previous: int, step: int) -> None:
+        """The end-of-step work for agent steps (previous, step]."""
+        if _crossed(previous, step, self.args.eval_every) or step >= self.total_steps:
+            returns = self.evaluator(step, self._eval_episodes(step), self._stop_requested)
             if returns is None:  # a signal arrived: checkpoint now, redo this evaluation on resume
-                set_env_rng_state(self.eval_env, eval_rng)
                 self._step_pending = True
                 self._stop(step, "during the evaluation; the resumed run evaluates this step again")
                 return
-            self.run.log_eval(step, returns)
+            mean = float(np.mean(returns))
+            normalized = None if self.normalize_score is None else float(self.normalize_score(mean))
+            self.run.log_eval(step, returns, normalized)
         at_step = getattr(self.interventions, "at_step", None)
         if at_step is not None:
-            self._log_events(at_step(step))
+            for agent_step in range(previous + 1, step + 1):
+                self._log_events(at_step(agent_step))
+        self.handled_step = step
         if self._stop_requested():
             self._stop(step)
-        elif self.args.checkpoint_every and step % self.args.checkpoint_every == 0:
+        elif self.args.checkpoint_every and _crossed(previous, step, self.args.checkpoint_every):
             self.save_checkpoint()
-        if step == self.total_steps:
+        if step >= self.total_steps:
             self._finish()
 
     def _stop(self, step: int, note: str = "") -> None:
@@ -405,11 +437,12 @@ class OffPolicyLoop:
             "buffer": self.buffer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": rng_states(),
-            "warmup_rng": self.warmup_rng.bit_generator.state,
+            "action_rng": self.action_rng.bit_generator.state,
             "env": self.env.state_dict(),
-            "eval_env": env_rng_state(self.eval_env),
+            "eval_env": self.evaluator.state_dict(),
             "probe": _batch_to_dict(self.probe),
             "step_pending": self._step_pending,
+            "handled_step": self.handled_step,
         }
 
     def save_checkpoint(self) -> Path:
@@ -433,10 +466,12 @@ class OffPolicyLoop:
         load_agent_state(checkpoint["agent"])
         self.buffer.load_state_dict(checkpoint["buffer"])
         self.schedule.load_state_dict(checkpoint["schedule"])
-        self.warmup_rng.bit_generator.state = checkpoint["warmup_rng"]
-        set_env_rng_state(self.eval_env, checkpoint["eval_env"])
+        # (checkpoints written before the Atari agents call it warmup_rng)
+        self.action_rng.bit_generator.state = checkpoint.get("action_rng", checkpoint.get("warmup_rng"))
+        self.evaluator.load_state_dict(checkpoint["eval_env"])
         self.env.load_state_dict(checkpoint["env"])
         self.global_step = int(checkpoint["global_step"])
+        self.handled_step = int(checkpoint.get("handled_step", self.global_step))
         self.updates = int(checkpoint["updates"])
         self.last_return = checkpoint["last_return"]
         self.intervention_counts = dict(checkpoint["intervention_counts"])
@@ -452,6 +487,7 @@ class OffPolicyLoop:
         rows = self.run.eval_rows
         means = [float(r["mean_return"]) for r in rows]
         best = int(np.argmax(means)) if means else None
+        normalized = [float(r["normalized_score"]) if r["normalized_score"] != "" else None for r in rows]
         elapsed = time.time() - self._start_time
         self.result = {
             "agent": self.agent,
@@ -460,6 +496,8 @@ class OffPolicyLoop:
             "final_eval_return": means[-1] if means else None,
             "best_eval_return": means[best] if means else None,
             "best_eval_step": int(rows[best]["step"]) if means else None,
+            "final_normalized_score": normalized[-1] if normalized else None,
+            "best_normalized_score": normalized[best] if normalized else None,
             "final_eval_step": int(rows[-1]["step"]) if rows else None,
             "steps": self.global_step,
             "env_steps": self.global_step * self.env_steps_per_step,

@@ -6,6 +6,7 @@ address them by reference; any module can be re-drawn from its own initialiser
 (:func:`capture_activations`). Networks take float inputs; scaling pixels by 1/255 is the agent's job.
 """
 
+from .augmentation import intensity_noise, random_shift
 from .cnn import (
     Conv2dSame,
     DrQEncoder,
@@ -69,9 +70,11 @@ __all__ = [
     "fresh_copy",
     "fresh_state",
     "get_initializer",
+    "intensity_noise",
     "make_activation",
     "mlp_param_count",
     "param_matched_hidden_dims",
+    "random_shift",
     "reinitialize_",
     "same_padding",
     "set_initializer",

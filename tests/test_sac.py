@@ -22,7 +22,7 @@ import torch
 from plasticrl.agents import sac
 from plasticrl.buffers import ReplayBatch
 from plasticrl.common import NonFiniteLossError
-from plasticrl.common import loop as agent_loop
+from plasticrl.common import evaluation as agent_evaluation
 from plasticrl.common.agent_interventions import build_interventions
 from plasticrl.common.cli import exit_code
 from plasticrl.common.loop import NONFINITE_CHECKPOINT_FILE
@@ -554,7 +554,7 @@ def test_resume_needs_a_checkpoint_and_matching_flags(tmp_path):
 def _signal_during_evaluation(monkeypatch, at_call: int) -> list:
     """Make the ``at_call``-th evaluation receive SIGTERM just before its first env step."""
     calls = []
-    evaluate = agent_loop.evaluate
+    evaluate = agent_evaluation.evaluate
 
     def evaluate_then_signal(policy, env, episodes, should_stop=None):
         calls.append(episodes)
@@ -562,7 +562,7 @@ def _signal_during_evaluation(monkeypatch, at_call: int) -> list:
             os.kill(os.getpid(), signal.SIGTERM)
         return evaluate(policy, env, episodes, should_stop)
 
-    monkeypatch.setattr(agent_loop, "evaluate", evaluate_then_signal)
+    monkeypatch.setattr(agent_evaluation, "evaluate", evaluate_then_signal)
     return calls
 
 
