@@ -381,7 +381,7 @@ def markdown(result: dict[str, Any], setting: str) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot(rows: dict[str, list[dict[str, float]]], correlations: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,7 +407,8 @@ def plot(rows: dict[str, list[dict[str, float]]], path: Path) -> None:
         ):
             if all(r[key] > 0 for seeds in rows.values() for r in seeds):
                 ax.set_yscale("log")
-        ax.set_title(label, fontsize=10)
+        rho = correlations[key]["rho"]
+        ax.set_title(f"{label} (Spearman ρ {rho:+.2f})", fontsize=9)
         ax.set_xlabel("gap to random init (pp)")
         ax.axvline(0.0, color="0.8", lw=0.8)
     axes.flat[0].legend(fontsize=7)
@@ -437,7 +438,7 @@ def main(args: Args) -> dict[str, Any]:
     payload = {"setting": setting, "rows": rows, **result, "runs": summary["runs"]}
     (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
     if args.plot:
-        plot(rows, out / f"{args.name}.png")
+        plot(rows, result["correlations"], out / f"{args.name}.png")
     return payload
 
 
