@@ -29,6 +29,7 @@ from .agent_interventions import schedule_lines
 from .errors import USER_ERROR_STATUS, USER_ERRORS, is_user_error
 from .run import (
     CONFIG_FILE,
+    RESULT_FILE,
     NonFiniteLossError,
     Run,
     check_resumable,
@@ -219,14 +220,17 @@ def setup_torch(args: Any) -> torch.device:
 def open_run(agent: str, args: Any, tag: str) -> tuple[Run, dict | None]:
     """Create the run directory, or reopen ``args.resume`` and return its checkpoint.
 
-    A resume that cannot continue (the checkpoint already reached ``--total-steps``) is refused before
-    any file of the run directory is touched.
+    A resume of a finished run (its checkpoint reached ``--total-steps`` and ``result.json`` exists) is
+    refused before any file of the run directory is touched; one killed after its last checkpoint but before
+    ``result.json`` only writes the result.
     """
     if args.resume:
+        finished = (Path(args.resume) / RESULT_FILE).is_file()
 
         def check(checkpoint: Mapping[str, Any]) -> None:
+            # A run killed between its last checkpoint and result.json resumes to write the result.
             reached = int(checkpoint["global_step"])
-            if reached >= args.total_steps and not checkpoint.get("step_pending", False):
+            if reached >= args.total_steps and not checkpoint.get("step_pending", False) and finished:
                 raise ValueError(
                     f"--resume: the run already reached step {reached} >= --total-steps {args.total_steps}; "
                     "pass a larger --total-steps to continue it"

@@ -198,6 +198,8 @@ class OffPolicyLoop:
         # for steps (handled_step, global_step] (evaluation, step-unit interventions, checkpoint, end of
         # run) is still to do.
         self._step_pending = False
+        self._finish_pending = False
+        self._saved_step: int | None = None  # agent step of the last checkpoint written or loaded
         self._signals: dict[str, Any] = {"signal": None}
         self._stack = contextlib.ExitStack()
         if checkpoint is None:
@@ -219,6 +221,8 @@ class OffPolicyLoop:
         if self._step_pending:  # resumed from a checkpoint written during an evaluation
             self._step_pending = False
             self._end_of_step(self.handled_step, self.global_step)
+        elif self._finish_pending:
+            self._finish()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -451,16 +455,17 @@ class OffPolicyLoop:
         bad = self._nonfinite_parameters()
         if bad:
             raise self._nonfinite(f"non-finite parameters {', '.join(bad[:5])} at step {self.global_step}")
-        return self.run.save_checkpoint(self.state_dict())
+        path = self.run.save_checkpoint(self.state_dict())
+        self._saved_step = self.global_step
+        return path
 
     def _restore(self, checkpoint: dict, load_agent_state: Callable[[dict], None]) -> None:
         reached = int(checkpoint["global_step"])
         self._step_pending = bool(checkpoint.get("step_pending", False))
-        if reached >= self.total_steps and not self._step_pending:  # (open_run refuses this first)
-            raise ValueError(
-                f"--resume: the run already reached step {reached} >= --total-steps {self.total_steps}; "
-                "pass a larger --total-steps to continue it"
-            )
+        # Killed after its last checkpoint but before result.json (open_run refuses a finished run): only
+        # the result is left to write.
+        self._finish_pending = reached >= self.total_steps and not self._step_pending
+        self._saved_step = reached
         # Interventions first: plasticity injection re-creates modules whose values the agent's state fills.
         self.interventions.load_state_dict(checkpoint["interventions"])
         load_agent_state(checkpoint["agent"])
@@ -482,7 +487,7 @@ class OffPolicyLoop:
     # -- the end ---------------------------------------------------------------------------------
 
     def _finish(self) -> None:
-        if self.args.checkpoint_every:
+        if self.args.checkpoint_every and self._saved_step != self.global_step:
             self.save_checkpoint()
         rows = self.run.eval_rows
         means = [float(r["mean_return"]) for r in rows]

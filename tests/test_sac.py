@@ -598,3 +598,19 @@ def test_resuming_a_finished_run_deletes_its_stale_result(tmp_path, monkeypatch)
     done = sac.main(tiny_args(tmp_path, **settings, total_steps=2400, resume=str(run_dir)))
     assert json.loads((run_dir / "result.json").read_text())["steps"] == done["steps"] == 2400
     assert [int(r["step"]) for r in eval_rows(run_dir)] == [600, 1200, 1800, 2400]
+
+
+def test_a_run_killed_before_its_result_was_written_resumes_to_write_it(tmp_path):
+    """The last checkpoint is written just before result.json; a run killed in between resumes, writes the
+    result from its eval.csv and trains no further (a sweep's retry can then finish it)."""
+    settings = dict(diagnostics_every=0, checkpoint_every=600)
+    finished = sac.main(tiny_args(tmp_path, **settings))
+    run_dir = Path(finished["run_dir"])
+    (run_dir / "result.json").unlink()
+    checkpoint_time = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    done = sac.main(tiny_args(tmp_path, **settings, resume=str(run_dir)))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == done["steps"] == 1200 and result["updates"] == finished["updates"]
+    assert result["final_eval_return"] == finished["final_eval_return"]
+    assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time  # nothing to add to it
+    assert [int(r["step"]) for r in eval_rows(run_dir)] == [600, 1200]
