@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticrl.interventions import (
+    CURVATURE_QUANTITIES,
     CBPConfig,
     ContinualBackprop,
     CurvatureConfig,
@@ -278,7 +279,9 @@ def _curvature_case(args, device, label, net, loss_fn, batch, parts, update, def
         (f"rank ({defaults.density_probes} x {defaults.lanczos_steps} steps)", "rank", {}),
         ("noise scale + cosine", "noise", {}),
     ):
-        if name.startswith("sharpness +") and not args.curvature_parts:
+        if (name.startswith("sharpness +") and not args.curvature_parts) or (
+            quantity not in args.curvature_quantities
+        ):
             continue
         ms, update_ms = timed(
             lambda q=quantity, e=extra: curvature(net, loss_fn, batch, quantities=(q,), **settings, **e),
@@ -353,6 +356,10 @@ def main() -> None:
     parser.add_argument(
         "--curvature-parts", action=argparse.BooleanOptionalAction, default=True,
         help="also time sharpness with per-part values (encoder, head)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--curvature-quantities", nargs="+", choices=CURVATURE_QUANTITIES, default=list(CURVATURE_QUANTITIES),
+        help="quantities of the curvature costs",
     )  # fmt: skip
     parser.add_argument(
         "--curvature-accuracy", action=argparse.BooleanOptionalAction, default=True,

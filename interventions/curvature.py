@@ -180,9 +180,9 @@ def _check_settings(
 class CurvatureConfig:
     """Settings of :func:`curvature` (a nested tyro group: ``--curvature.iterations 20``).
 
-    Defaults: 7 Lanczos steps for λ_max (6 came within 0.2% of a 60-step value on the SAC critic, a small
-    trained CNN and a trained MLP), chosen so that sharpness costs at most ~20 training updates on the SAC
-    critic, the DrQ critic and ResNet-18, where one Hessian-vector product costs ~2.5 updates
+    Defaults: 6 Lanczos steps for λ_max (within 0.2% of a 60-step value on the SAC critic, the DrQ critic,
+    a small trained CNN and a trained MLP), chosen so that sharpness costs at most ~20 training updates on
+    the SAC critic, the DrQ critic and ResNet-18, where one Hessian-vector product costs ~3 updates
     (``benchmarks/intervention_benchmark.py --part curvature`` prints the figures); 10 Hutchinson probes
     (standard error ~ 1/√10 of the probes' spread); one 20-step SLQ probe with ε = 1e-3 for the rank;
     minibatches of 32 for the cosine."""
@@ -191,7 +191,7 @@ class CurvatureConfig:
     """what to measure: sharpness trace rank noise (noise = grad noise scale and minibatch cosine)"""
     method: Literal["lanczos", "power"] = "lanczos"
     """sharpness by Lanczos (algebraically largest eigenvalue) or power iteration (largest magnitude)"""
-    iterations: int = 7
+    iterations: int = 6
     """most Hessian-vector products for sharpness (Lanczos steps or power iterations), per part too"""
     tolerance: float = 1e-3
     """stop sharpness early at this relative residual (Lanczos) or relative change (power)"""
@@ -629,7 +629,7 @@ def curvature(
     parts: Mapping[str, nn.Module] | None = None,
     quantities: Sequence[str] = CURVATURE_QUANTITIES,
     method: Literal["lanczos", "power"] = "lanczos",
-    iterations: int = 7,
+    iterations: int = 6,
     tolerance: float = 1e-3,
     trace_probes: int = 10,
     lanczos_steps: int = 20,

@@ -697,7 +697,7 @@ def test_intervention_benchmark_prints_the_curvature_costs():
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = ("one update", "one Hessian-vector product", "sharpness (7 steps)", "sharpness + encoder + head",
+    rows = ("one update", "one Hessian-vector product", "sharpness (6 steps)", "sharpness + encoder + head",
             "trace (10 probes)", "rank (1 x 20 steps)", "noise scale + cosine", "after 24 steps")  # fmt: skip
     for row in rows:
         assert row in done.stdout, row
