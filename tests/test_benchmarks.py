@@ -41,8 +41,26 @@ def test_agent_throughput_measures_ours_against_the_baseline():
         "agent_throughput.py",
         "--part", "all", "--threads", "1", "--rounds", "1", "--sac-updates", "2", "--sac-batch", "8",
         "--drq-batch", "2", "--drq-updates", "1",
+        "--atari-parts", "update", "--atari-batch", "2", "--atari-rounds", "1", "--atari-updates", "1",
     )  # fmt: skip
-    assert "ratio ours/cleanrl" in out and "DrQ update" in out
+    assert "ratio ours/cleanrl" in out and "DrQ update" in out and "DrQ(eps) update" in out
+
+
+def test_agent_throughput_drq_atari_part_times_updates_runs_and_evaluations():
+    out = run_script(
+        "agent_throughput.py",
+        "--part", "drq_atari", "--threads", "1", "--atari-batch", "2", "--atari-rounds", "2",
+        "--atari-updates", "1", "--atari-run-steps", "120", "--atari-run-learning-starts", "64",
+        "--atari-run-ratios", "1", "--atari-run-envs", "2", "--atari-run-log-every", "20",
+        "--atari-run-max-frames", "200", "--eval-games", "2", "--eval-max-frames", "200",
+    )  # fmt: skip
+    expected = (
+        "ratio ours/plain-ddqn", "ratio ours-valid/cleanrl", "FLOPs per update", "compute-bound ceilings",
+        "replay ratio 1, --num-envs 2", "agent steps/s after learning starts", "max_batch   2",
+        "max_batch   1", "scores identical batched and sequential: True",
+    )  # fmt: skip
+    for line in expected:
+        assert line in out
 
 
 def test_intervention_benchmark_times_every_intervention():
