@@ -273,11 +273,9 @@ class AgentInterventions(InterventionSet):
 
     def __init__(self, interventions: Sequence[Intervention] = ()):
         super().__init__(interventions)
+        # Any intervention whose config has ``unit = "step"`` (the agent's own, e.g. BBF's resets, too).
         self.step_unit = {
-            i.name
-            for i in self.interventions
-            if isinstance(i, (Reset, ShrinkPerturb, ReDo, PlasticityInjection, HareTortoise))
-            and schedule_unit(i.config) == "step"
+            i.name for i in self.interventions if schedule_unit(getattr(i, "config", None)) == "step"
         }
 
     def maybe_apply(self, update_step: int) -> dict[str, float]:

@@ -183,7 +183,7 @@ def check_atari_args(args: Any) -> None:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-    window = max(getattr(args, "n_step", 1), getattr(args, "spr_steps", 0))
+    window = max(getattr(args, "n_step", 1), getattr(args, "max_n_step", 0), getattr(args, "spr_steps", 0))
     if args.buffer_size // args.num_envs < 4 + window + 1:
         raise ValueError(
             f"--buffer-size {args.buffer_size} holds {args.buffer_size // args.num_envs} transitions per env "
