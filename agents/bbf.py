@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
-from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts
+from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts, probe_curvature
 from plasticrl.common.agent_interventions import (
     AgentHareTortoiseConfig,
     AgentInjectionConfig,
@@ -272,6 +272,9 @@ class Args:
     """torch.compile the loss computation (GPU users; off by default)"""
     channels_last: bool = True
     """channels-last convolutions (faster on GPUs and CPUs; same numbers)"""
+    curvature_every: int = 0
+    """gradient updates between curvature diagnostics of the distributional loss on the probe batch
+    (sharpness, Hessian trace and rank, gradient noise; 0: off, as each costs tens of backward passes)"""
     dormant_threshold: float = 0.025  # Sokar et al. 2023, dormant-count plots
     """τ of the logged dormant ratio"""
     probe_batch_size: int = 256
@@ -726,6 +729,28 @@ def main(args: Args) -> dict[str, Any]:
             dormant_threshold=args.dormant_threshold,
         )
 
+    def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
+        # The C51 cross-entropy on the probe batch (1-step returns, no augmentation, no SPR term) against
+        # its target distribution computed once and held fixed while the Hessian is probed.
+        obs, next_obs = to_float(probe.obs), to_float(probe.next_obs)
+        target_distribution = distributional_target(nets, target, next_obs, probe, support)
+
+        def cross_entropy(model: BBFNetwork, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            pixels, action, distribution = inputs
+            logits = model(pixels).float()
+            chosen = logits[torch.arange(len(action), device=logits.device), action.long()]
+            return -(distribution * F.log_softmax(chosen, dim=-1)).sum(-1).mean()
+
+        parts = {"encoder": nets.encoder, "projection": nets.projection, "head": nets.head}
+        return probe_curvature(
+            nets,
+            cross_entropy,
+            (obs, probe.action, target_distribution),
+            name="q",
+            parts=parts,
+            batch_size=args.batch_size,
+        )
+
     def agent_state() -> dict:
         return {
             "nets": nets.state_dict(),
@@ -764,6 +789,7 @@ def main(args: Args) -> dict[str, Any]:
         agent_state=agent_state,
         load_agent_state=load_agent_state,
         diagnostics=diagnostics,
+        curvature=curvature_diagnostics,
         device=device,
         checkpoint=checkpoint,
         env_steps_per_step=4,

@@ -66,7 +66,7 @@ from torch import nn
 
 from plasticrl.agents.sac_parts import Temperature, no_weight_grads, squash_log_std, tanh_gaussian_sample
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
-from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts
+from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts, probe_curvature
 from plasticrl.common.agent_interventions import (
     AgentHareTortoiseConfig,
     AgentInjectionConfig,
@@ -185,6 +185,9 @@ class Args:
     """transitions in the fixed diagnostics probe batch (sampled when learning starts)"""
     compile: bool = False
     """torch.compile the encoder, actor and critic forwards (GPU users; off by default)"""
+    curvature_every: int = 0
+    """gradient updates between curvature diagnostics of the TD loss on the probe batch (sharpness, Hessian
+    trace and rank, gradient noise; 0: off, as each costs tens of backward passes)"""
 
     # rl_with_resets train_pixels.py: the actor, critic heads and temperature are reset, the encoder kept.
     reset: AgentResetConfig = AgentResetConfig(modules=("actor", "critic", "temperature"))
@@ -305,17 +308,30 @@ def critic_loss(
     the gradients. Returns (loss, Q-values (2, M·B)).
     """
     batch_size = batch.reward.shape[0]
-    copies = next_obs_aug.shape[0] // batch_size
-    with torch.no_grad():
-        mean, log_std = nets.actor(nets.encoder(next_obs_aug))  # drq: the actor's convs are the critic's
-        next_action, next_log_prob = tanh_gaussian_sample(mean, log_std, next_noise)
-        next_q = target.critic(target.encoder(next_obs_aug), next_action).amin(dim=0)
-        next_v = (next_q - nets.temperature() * next_log_prob).view(copies, batch_size).mean(dim=0)
-        target_q = batch.reward + batch.discount * next_v
+    target_q = td_target(nets, target, next_obs_aug, batch, next_noise)
     q = nets.critic(nets.encoder(obs_aug), batch.action.repeat(obs_aug.shape[0] // batch_size, 1))
     q_copies = q.shape[1] // batch_size
     errors = (q - target_q.repeat(q_copies)).pow(2)
     return q_copies * errors.mean(dim=1).sum(), q
+
+
+@torch.no_grad()
+def td_target(
+    nets: DrQNetworks,
+    target: DrQNetworks,
+    next_obs_aug: torch.Tensor,
+    batch: ReplayBatch,
+    next_noise: torch.Tensor,
+) -> torch.Tensor:
+    """y: the mean over the K augmentations in ``next_obs_aug`` (K·B, ...) of r + γ^k·(1 − done)·
+    (min_i Q'_i(aug_k(s'), a') − α·log π(a'|aug_k(s'))), a' = tanh(μ + σ·next_noise)."""
+    batch_size = batch.reward.shape[0]
+    copies = next_obs_aug.shape[0] // batch_size
+    mean, log_std = nets.actor(nets.encoder(next_obs_aug))  # drq: the actor's convs are the critic's
+    next_action, next_log_prob = tanh_gaussian_sample(mean, log_std, next_noise)
+    next_q = target.critic(target.encoder(next_obs_aug), next_action).amin(dim=0)
+    next_v = (next_q - nets.temperature() * next_log_prob).view(copies, batch_size).mean(dim=0)
+    return batch.reward + batch.discount * next_v
 
 
 def actor_loss(
@@ -510,6 +526,28 @@ def main(args: Args) -> dict[str, Any]:
             ensemble_features={"critic": features},
         )
 
+    def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
+        # The critic's TD loss on the probe batch without augmentation, with its bootstrap target computed
+        # once and held fixed while the Hessian of the encoder and critic parameters is probed.
+        obs, next_obs = to_float(probe.obs, False), to_float(probe.next_obs, False)
+        # a' from a fixed noise draw (own generator: the run's random streams are not touched)
+        noise = torch.randn(probe.action.shape, generator=torch.Generator().manual_seed(0)).to(device)
+        target_q = td_target(nets, target, next_obs, probe, noise)
+
+        def critic_td_loss(model: DrQNetworks, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            pixels, action, y = inputs
+            return (model.critic(model.encoder(pixels), action) - y).pow(2).mean(dim=1).sum()
+
+        parts = {"encoder": nets.encoder, "critic": nets.critic}
+        return probe_curvature(
+            nets,
+            critic_td_loss,
+            (obs, probe.action, target_q),
+            name="critic",
+            parts=parts,
+            batch_size=args.batch_size,
+        )
+
     def agent_state() -> dict:
         return {
             "nets": nets.state_dict(),
@@ -542,6 +580,7 @@ def main(args: Args) -> dict[str, Any]:
         agent_state=agent_state,
         load_agent_state=load_agent_state,
         diagnostics=diagnostics,
+        curvature=curvature_diagnostics,
         device=device,
         checkpoint=checkpoint,
         env_steps_per_step=action_repeat,

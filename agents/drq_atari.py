@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
-from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts
+from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts, probe_curvature
 from plasticrl.common.agent_interventions import (
     AgentHareTortoiseConfig,
     AgentInjectionConfig,
@@ -176,6 +176,9 @@ class Args:
     """transitions in the fixed diagnostics probe batch (sampled when learning starts)"""
     compile: bool = False
     """torch.compile the Q-network's forward (GPU users; off by default)"""
+    curvature_every: int = 0
+    """gradient updates between curvature diagnostics of the TD loss on the probe batch (sharpness, Hessian
+    trace and rank, gradient noise; 0: off, as each costs tens of backward passes)"""
 
     # Nikishin et al. 2022 reset the last layers of their Atari agents: here everything after the convs.
     reset: AgentResetConfig = AgentResetConfig(modules=("head",))
@@ -372,6 +375,29 @@ def main(args: Args) -> dict[str, Any]:
             dormant_threshold=args.dormant_threshold,
         )
 
+    def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
+        # The Huber TD loss on the probe batch (1-step returns, no augmentation) with its bootstrap target
+        # computed once and held fixed while the Hessian is probed.
+        obs, next_obs = to_float(probe.obs), to_float(probe.next_obs)
+        with torch.no_grad():
+            next_q = q_net(next_obs)
+            target_q = double_dqn_target(next_q, next_q, probe.reward, probe.discount)
+
+        def huber_td_loss(model: QNetwork, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            pixels, action, y = inputs
+            q = model(pixels).gather(1, action.long().unsqueeze(1)).squeeze(1)
+            return F.smooth_l1_loss(q, y, beta=1.0)
+
+        parts = {"encoder": q_net.encoder, "head": q_net.head}
+        return probe_curvature(
+            q_net,
+            huber_td_loss,
+            (obs, probe.action, target_q),
+            name="q",
+            parts=parts,
+            batch_size=args.batch_size,
+        )
+
     def agent_state() -> dict:
         return {"q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(), "initial": initial}
 
@@ -397,6 +423,7 @@ def main(args: Args) -> dict[str, Any]:
         agent_state=agent_state,
         load_agent_state=load_agent_state,
         diagnostics=diagnostics,
+        curvature=curvature_diagnostics,
         device=device,
         checkpoint=checkpoint,
         env_steps_per_step=4,

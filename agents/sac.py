@@ -50,7 +50,7 @@ from torch import nn
 
 from plasticrl.agents.sac_parts import Temperature, no_weight_grads, squash_log_std, tanh_gaussian_sample
 from plasticrl.buffers import ReplayBatch, ReplayBuffer
-from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts
+from plasticrl.common.agent_diagnostics import initial_parameters, measure_parts, probe_curvature
 from plasticrl.common.agent_interventions import (
     AgentHareTortoiseConfig,
     AgentInjectionConfig,
@@ -141,6 +141,9 @@ class Args:
     """transitions in the fixed diagnostics probe batch (sampled when learning starts)"""
     compile: bool = False
     """torch.compile the actor and critic forwards (GPU users; off by default)"""
+    curvature_every: int = 0
+    """gradient updates between curvature diagnostics of the TD loss on the probe batch (sharpness, Hessian
+    trace and rank, gradient noise; 0: off, as each costs tens of backward passes)"""
 
     # rl_with_resets train_dense.py: the resets re-create the whole agent (actor, critics, temperature).
     reset: AgentResetConfig = AgentResetConfig(modules=("all",))
@@ -226,12 +229,24 @@ def critic_loss(
 
     ``next_noise`` is the standard normal draw of a'. Returns (loss, Q-values (2, batch)).
     """
-    with torch.no_grad():
-        mean, log_std = nets.actor(batch.next_obs)
-        next_action, next_log_prob = tanh_gaussian_sample(mean, log_std, next_noise)
-        next_q = target.critic(batch.next_obs, next_action).amin(dim=0)
-        target_q = batch.reward + batch.discount * (next_q - nets.temperature() * next_log_prob)
-    q = nets.critic(batch.obs, batch.action)
+    return td_loss(nets.critic, (batch.obs, batch.action, td_target(nets, target, batch, next_noise)))
+
+
+@torch.no_grad()
+def td_target(
+    nets: SACNetworks, target: SACNetworks, batch: ReplayBatch, next_noise: torch.Tensor
+) -> torch.Tensor:
+    """y = r + γ^k·(1 − done)·(min_i Q'_i(s', a') − α·log π(a'|s')), a' = tanh(μ + σ·next_noise)."""
+    mean, log_std = nets.actor(batch.next_obs)
+    next_action, next_log_prob = tanh_gaussian_sample(mean, log_std, next_noise)
+    next_q = target.critic(batch.next_obs, next_action).amin(dim=0)
+    return batch.reward + batch.discount * (next_q - nets.temperature() * next_log_prob)
+
+
+def td_loss(critic: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_i mean_b (Q_i(s, a) − y)² for ``inputs = (obs, action, y)``; returns (loss, Q-values)."""
+    obs, action, target_q = inputs
+    q = critic(obs, action)
     return (q - target_q).pow(2).mean(dim=1).sum(), q
 
 
@@ -379,6 +394,17 @@ def main(args: Args) -> dict[str, Any]:
             ensemble_features={"critic": features},
         )
 
+    def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
+        # The critic's TD loss with its bootstrap target computed once and held fixed while the Hessian is
+        # probed; a' from a fixed noise draw (own generator: the run's random streams are not touched).
+        noise = torch.randn(probe.action.shape, generator=torch.Generator().manual_seed(0)).to(device)
+        inputs = (probe.obs, probe.action, td_target(nets, target, probe, noise))
+        parts = {"encoder": nets.critic.encoder, "head": nets.critic.head}
+        loss = lambda critic, x: td_loss(critic, x)[0]  # noqa: E731
+        return probe_curvature(
+            nets.critic, loss, inputs, name="critic", parts=parts, batch_size=args.batch_size
+        )
+
     def agent_state() -> dict:
         return {
             "nets": nets.state_dict(),
@@ -411,6 +437,7 @@ def main(args: Args) -> dict[str, Any]:
         agent_state=agent_state,
         load_agent_state=load_agent_state,
         diagnostics=diagnostics,
+        curvature=curvature_diagnostics,
         device=device,
         checkpoint=checkpoint,
     )

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from plasticrl.interventions import effective_rank, measure, srank
+from plasticrl.interventions import curvature, effective_rank, measure, srank
 
-__all__ = ["initial_parameters", "measure_parts"]
+__all__ = ["initial_parameters", "measure_parts", "probe_curvature"]
 
 
 def measure_parts(
@@ -65,3 +65,20 @@ def initial_parameters(parts: Mapping[str, nn.Module]) -> dict[str, dict[str, to
         for name, module in parts.items()
     }
 
+
+
+def probe_curvature(
+    model: nn.Module,
+    loss_fn: Any,
+    inputs: Any,
+    *,
+    name: str,
+    parts: Mapping[str, nn.Module],
+    batch_size: int,
+) -> dict[str, float]:
+    """:func:`plasticrl.interventions.curvature` of an agent's loss on its probe batch, with the gradient
+    cosine over minibatches of the training batch size (at most half the probe, so there are two)."""
+    examples = len(inputs[0])
+    return curvature(
+        model, loss_fn, inputs, name=name, parts=parts, minibatch_size=max(1, min(batch_size, examples // 2))
+    )

@@ -148,6 +148,7 @@ def check_common_args(args: Any) -> None:
     _check_int("eval-episodes", args.eval_episodes, 1)
     _check_int("log-every", args.log_every, 1)
     _check_int("diagnostics-every", args.diagnostics_every, 0)
+    _check_int("curvature-every", getattr(args, "curvature_every", 0), 0)
     _check_int("checkpoint-every", args.checkpoint_every, 0)
     _check_int("buffer-size", args.buffer_size, 2)
     _check_int("probe-batch-size", args.probe_batch_size, 2)

@@ -134,6 +134,8 @@ class OffPolicyLoop:
         networks: the agent's container module (checked for non-finite values before checkpoints).
         agent_state / load_agent_state: networks, targets and optimizers of the agent, to and from a dict.
         diagnostics: probe batch (on the device) → ``{tag: value}``; None disables them.
+        curvature: probe batch → curvature tags (:func:`plasticrl.interventions.curvature` of the agent's
+            TD loss), every ``args.curvature_every`` updates when that is > 0.
         device: where probe batches go.
         checkpoint: the checkpoint of a resumed run (None for a new run).
         env_steps_per_step: env steps per agent step (action repeat), for the result.
@@ -158,6 +160,7 @@ class OffPolicyLoop:
         load_agent_state: Callable[[dict], None],
         diagnostics: Callable[[ReplayBatch], dict[str, float]] | None,
         device: torch.device,
+        curvature: Callable[[ReplayBatch], dict[str, float]] | None = None,
         checkpoint: dict | None = None,
         env_steps_per_step: int = 1,
         normalize_score: Callable[[float], float] | None = None,
@@ -175,6 +178,8 @@ class OffPolicyLoop:
         self.networks = networks
         self.agent_state = agent_state
         self.diagnostics = diagnostics if args.diagnostics_every > 0 else None
+        self.curvature_every = int(getattr(args, "curvature_every", 0))
+        self.curvature = curvature if self.curvature_every > 0 else None
         self.device = device
         self.env_steps_per_step = env_steps_per_step
         self.total_steps = int(args.total_steps)
@@ -281,12 +286,14 @@ class OffPolicyLoop:
         self.updates += 1
         self.last_metrics.update(metrics)
         self._record_nonfinite(metrics)
-        if self.diagnostics is not None and self.probe is None:
+        if (self.diagnostics is not None or self.curvature is not None) and self.probe is None:
             size = min(self.args.probe_batch_size, self.buffer.num_valid())
             self.probe = self.buffer.sample(size)
         self._log_events(self.interventions.maybe_apply(self.updates))
         if self.diagnostics is not None and self.updates % self.args.diagnostics_every == 0:
             self.run.log_scalars(self.diagnostics(self.probe.to(self.device)), self.global_step)
+        if self.curvature is not None and self.updates % self.curvature_every == 0:
+            self.run.log_scalars(self.curvature(self.probe.to(self.device)), self.global_step)
 
     def after_step(self) -> None:
         """Log training scalars, evaluate, apply step-unit interventions, checkpoint and react to signals,
