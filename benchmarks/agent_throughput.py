@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from plasticrl.agents import drq, drq_atari, sac
+from plasticrl.agents import bbf, drq, drq_atari, sac
 from plasticrl.buffers import ReplayBatch
 
 OBS_DIM, ACTION_DIM = 17, 6  # cheetah-run
@@ -602,11 +603,96 @@ def bench_drq_atari(args: argparse.Namespace) -> None:
         bench_drq_atari_eval(args)
 
 
+# ----------------------------------------------------------------------------- BBF
+
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets: A100 SXM 312 TFLOP/s,
+# H100 SXM 989 TFLOP/s.
+GPU_PEAKS_TFLOPS = {"A100": 312.0, "H100": 989.0}
+
+
+def bbf_batch(batch_size: int, num_actions: int, spr_steps: int, device) -> ReplayBatch:
+    """A random BBF batch: pixels, n-step fields and the SPR sequence (future frames, actions, mask)."""
+    batch = random_batch(
+        batch_size, (4, 84, 84), num_actions, device, pixels=True, discrete=True, discount=0.97**10
+    )
+    frames = (batch_size, spr_steps, 4, 84, 84)
+    return dataclasses.replace(
+        batch,
+        weights=torch.rand(batch_size, device=device) + 0.5,
+        future_obs=torch.randint(0, 256, frames, dtype=torch.uint8, device=device),
+        future_action=torch.randint(0, num_actions, (batch_size, spr_steps), device=device),
+        future_reward=torch.zeros(batch_size, spr_steps, device=device),
+        future_mask=torch.ones(batch_size, spr_steps, device=device),
+    )
+
+
+class BBFUpdate:
+    """BBF's update (``bbf.update``: C51 + SPR, AdamW, target EMA) at a given network size."""
+
+    def __init__(self, device, num_actions: int, **sizes: Any):
+        self.args = bbf.Args(**sizes)
+        self.support = torch.linspace(-self.args.v_max, self.args.v_max, self.args.num_atoms, device=device)
+        self.nets = bbf.BBFNetwork(num_actions, self.args).to(device)
+        if self.args.channels_last:
+            self.nets = self.nets.to(memory_format=torch.channels_last)
+        self.target = copy.deepcopy(self.nets).requires_grad_(False)
+        self.optimizer = bbf.make_optimizer(self.nets, self.args, torch.device(device))
+
+    def update(self, batch: ReplayBatch) -> None:
+        bbf.update(self.nets, self.target, self.optimizer, batch, self.support, self.args, {"q": []})
+
+
+def bench_bbf(args: argparse.Namespace) -> None:
+    """Updates/s of BBF's update at full size and at the CPU-sized quick-test size, the FLOPs of one update,
+    and the GPU-hours those FLOPs imply for a 100k-step run at a stated utilisation of the bf16 peak."""
+    device = args.device
+    sizes = {
+        "full (width 4, hidden 2048)": dict(width_scale=4, hidden_dim=2048),
+        "quick (width 1, hidden 256)": dict(width_scale=1, hidden_dim=256),
+    }
+    print(f"BBF update, batch {args.atari_batch}, {args.bbf_actions} actions, SPR {5} steps, device {device}")
+    flops = {}
+    for label, size in sizes.items():
+        if label.split()[0] not in args.bbf_sizes:
+            continue
+        torch.manual_seed(0)
+        agent = BBFUpdate(device, args.bbf_actions, batch_size=args.atari_batch, **size)
+        batches = [bbf_batch(args.atari_batch, args.bbf_actions, agent.args.spr_steps, device)]
+        flops[label] = update_flops(lambda: agent.update(batches[0]))  # noqa: B023
+        updates = args.bbf_full_updates if size["width_scale"] == 4 else args.bbf_quick_updates
+        time_updates(agent, batches * 2, device)  # warm-up: lazy optimizer state, allocator
+        rates = [time_updates(agent, batches, device) for _ in range(updates)]
+        q1, median, q3 = _quartiles(rates)
+        print(
+            f"  {label}: {median:.3f} updates/s (IQR {q1:.3f} – {q3:.3f}, {updates} updates), "
+            f"{flops[label] / 1e9:.1f} GFLOP per update (matmuls and convolutions, forward and backward)"
+        )
+    full = flops.get("full (width 4, hidden 2048)")
+    if full is None:
+        return
+    print(
+        f"  GPU-hours for the updates of a 100k-step run (98,000 agent steps after the 2,000 warm-up), "
+        f"at {args.bbf_utilization:.0%} of the dense bf16 peak:"
+    )
+    for ratio in (2, 8):
+        total = 98_000 * ratio * full
+        estimates = ", ".join(
+            f"{gpu} {total / (peak * 1e12 * args.bbf_utilization) / 3600:.2f} h"
+            for gpu, peak in GPU_PEAKS_TFLOPS.items()
+        )
+        print(f"    RR {ratio}: {total / 1e15:.1f} PFLOP -> {estimates}")
+    low, high = (98_000 * 8 * full / (hours * 3600) / (GPU_PEAKS_TFLOPS["A100"] * 1e12) for hours in (10, 6))
+    print(
+        f"  The paper's 6–10 GPU-hours at RR 8 (A100-class) correspond to {low:.1%}–{high:.1%} of the A100's "
+        "bf16 peak on these FLOPs (batch-32 updates are bound by kernel launches and memory traffic)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("sac", "drq", "drq_atari", "all"), default="all")
+    parser.add_argument("--part", choices=("sac", "drq", "drq_atari", "bbf", "all"), default="all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--rounds", type=int, default=100, help="interleaved pairs of SAC timing blocks")
@@ -652,6 +738,14 @@ def main() -> None:
         default=108_000,
         help="frame cap per evaluation game (108,000: whole games; less keeps the sequential case short)",
     )
+    bbf_group = parser.add_argument_group("BBF (--part bbf; the batch is --atari-batch)")
+    bbf_group.add_argument("--bbf-actions", type=int, default=18, help="actions (18: the full set, the most)")
+    bbf_group.add_argument("--bbf-sizes", nargs="+", choices=("full", "quick"), default=["full", "quick"])
+    bbf_group.add_argument("--bbf-full-updates", type=int, default=5, help="timed full-size updates")
+    bbf_group.add_argument("--bbf-quick-updates", type=int, default=30, help="timed quick-size updates")
+    bbf_group.add_argument(
+        "--bbf-utilization", type=float, default=0.4, help="fraction of the bf16 peak assumed for GPU-hours"
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -662,6 +756,8 @@ def main() -> None:
         bench_drq(args)
     if args.part in ("drq_atari", "all"):
         bench_drq_atari(args)
+    if args.part in ("bbf", "all"):
+        bench_bbf(args)
 
 
 if __name__ == "__main__":

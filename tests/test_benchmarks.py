@@ -63,6 +63,14 @@ def test_agent_throughput_drq_atari_part_times_updates_runs_and_evaluations():
         assert line in out
 
 
+def test_agent_throughput_bbf_part_times_the_update_and_counts_its_flops():
+    out = run_script(
+        "agent_throughput.py", "--part", "bbf", "--threads", "1", "--atari-batch", "2",
+        "--bbf-sizes", "quick", "--bbf-quick-updates", "1",
+    )  # fmt: skip
+    assert "quick (width 1, hidden 256):" in out and "GFLOP per update" in out
+
+
 def test_intervention_benchmark_times_every_intervention():
     args = ("--repeats", "1", "--probe-batch", "2", "--update-batch", "2")
     out = run_script("intervention_benchmark.py", *args)
