@@ -37,6 +37,7 @@ from .run import (
     NonFiniteLossError,
     Progress,
     Run,
+    device_description,
     rng_states,
     set_rng_states,
     stop_on_signals,
@@ -46,13 +47,6 @@ from .training_env import AtariEnvs, SingleEnv
 __all__ = ["NONFINITE_CHECKPOINT_FILE", "OffPolicyLoop"]
 
 NONFINITE_CHECKPOINT_FILE = "checkpoint.nonfinite.pt"
-
-
-def device_description(device: torch.device) -> str:
-    """``cpu`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what a run's wall time was spent on."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
 
 
 def _crossed(previous: int, step: int, every: int) -> bool:

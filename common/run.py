@@ -115,6 +115,13 @@ def check_resumable(path: str | os.PathLike) -> None:
             raise FileNotFoundError(f"--resume {str(path)!r}: the directory holds no {name} ({hint})")
 
 
+def device_description(device: torch.device) -> str:
+    """``cpu`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what a run's wall time was spent on."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 # ----------------------------------------------------------------------------- seeding and RNG state
 
 

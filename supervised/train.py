@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticrl.common import Progress, Run, check_finite, rng_states, set_rng_states
+from plasticrl.common.run import device_description
 from plasticrl.interventions import PlasticityMonitor, curvature, measure
 
 from .schedule import InterventionSchedule
@@ -574,6 +575,7 @@ class Trainer:
             "final_train_accuracy": st.epochs[-1]["train_accuracy"] if st.epochs else None,
             "wall_time_s": self._wall,
             "updates_per_s": st.global_step / self._wall if self._wall > 0 else None,
+            "device": device_description(self.inputs.device),
         }
 
     def state_dict(self) -> dict[str, Any]:
