@@ -111,8 +111,8 @@ from plasticrl.interventions.binding import mirror_module
 from plasticrl.networks import (
     ImpalaCNN,
     XavierUniformInit,
-    intensity_noise,
-    random_shift,
+    augment_pixels,
+    pixels_to_float,
     reinitialize_,
     set_initializer,
     soft_update_,
@@ -393,17 +393,9 @@ def q_values(nets: BBFNetwork, obs: torch.Tensor, support: torch.Tensor) -> torc
 # ----------------------------------------------------------------------------- losses and update
 
 
-def to_float(obs: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 frames → float in [0, 1] (spr_networks.process_inputs)."""
-    if channels_last:
-        obs = obs.contiguous(memory_format=torch.channels_last)
-    return obs.float().div_(255.0)
-
-
 def augment(obs: torch.Tensor, args: Args) -> torch.Tensor:
     """Random shift then intensity noise, each image its own draw (spr_networks.drq_image_aug)."""
-    shifted = random_shift(obs, args.image_pad) if args.image_pad > 0 else obs
-    return intensity_noise(to_float(shifted, args.channels_last), args.intensity_scale)
+    return augment_pixels(obs, args.image_pad, args.intensity_scale, args.channels_last)
 
 
 def project_distribution(
@@ -691,7 +683,7 @@ def main(args: Args) -> dict[str, Any]:
     def probe_inputs(batch: ReplayBatch | None, size: int) -> torch.Tensor:
         if batch is None:  # before learning starts: the structure is all that matters
             return torch.zeros(size, 4, 84, 84, device=device)
-        return to_float(batch.to(device).obs)
+        return pixels_to_float(batch.to(device).obs)
 
     def redo_batch() -> torch.Tensor:
         ready = buffer.num_valid() >= args.redo.batch_size
@@ -716,11 +708,11 @@ def main(args: Args) -> dict[str, Any]:
         if acting is nets and args.target_action_selection:
             acting = target  # BBF.gin target_action_selection: the EMA network acts
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            pixels = to_float(torch.as_tensor(obs, device=device), args.channels_last)
+            pixels = pixels_to_float(torch.as_tensor(obs, device=device), args.channels_last)
             return q_values(acting, pixels, support).float().cpu().numpy()
 
     def diagnostics(probe: ReplayBatch) -> dict[str, float]:
-        pixels = to_float(probe.obs)
+        pixels = pixels_to_float(probe.obs)
         with torch.no_grad():
             flat = nets.encode(pixels).flatten(1)
         return measure_parts(
@@ -732,7 +724,7 @@ def main(args: Args) -> dict[str, Any]:
     def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
         # The C51 cross-entropy on the probe batch (1-step returns, no augmentation, no SPR term) against
         # its target distribution computed once and held fixed while the Hessian is probed.
-        obs, next_obs = to_float(probe.obs), to_float(probe.next_obs)
+        obs, next_obs = pixels_to_float(probe.obs), pixels_to_float(probe.next_obs)
         target_distribution = distributional_target(nets, target, next_obs, probe, support)
 
         def cross_entropy(model: BBFNetwork, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

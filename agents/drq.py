@@ -89,6 +89,7 @@ from plasticrl.networks import (
     OrthogonalInit,
     QEnsemble,
     fresh_copy,
+    pixels_to_float,
     random_shift,
     set_initializer,
     soft_update_,
@@ -278,16 +279,10 @@ class DrQNetworks(nn.Module):
         return self.critic(h, action), mean, log_std
 
 
-def to_float(obs: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 pixels → float in [0, 1] (drq divides by 255 in its encoder)."""
-    if channels_last:
-        obs = obs.contiguous(memory_format=torch.channels_last)
-    return obs.float().div_(255.0)
-
-
 def augmented(obs: torch.Tensor, copies: int, args: Args) -> torch.Tensor:
     """``copies`` independent random shifts of ``obs`` stacked along the batch: (copies·B, C, H, W)."""
-    return to_float(torch.cat([random_shift(obs, args.image_pad) for _ in range(copies)]), args.channels_last)
+    shifted = torch.cat([random_shift(obs, args.image_pad) for _ in range(copies)])
+    return pixels_to_float(shifted, args.channels_last)
 
 
 # ----------------------------------------------------------------------------- losses and update
@@ -474,11 +469,11 @@ def main(args: Args) -> dict[str, Any]:
     def probe_inputs(batch: ReplayBatch | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if batch is None:  # before learning starts: the structure is all that matters
             pixels = torch.zeros(size, *obs_shape, dtype=torch.uint8, device=device)
-            return to_float(pixels, channels_last=False), torch.zeros(size, action_dim, device=device)
+            return pixels_to_float(pixels, channels_last=False), torch.zeros(size, action_dim, device=device)
         batch = batch.to(device)
         # Probes stay in the default memory format: a channels-last conv output is copied, not viewed, by
         # the flatten, which would hide the last conv layer's units from ReDo's unit discovery.
-        return to_float(batch.obs, channels_last=False), batch.action
+        return pixels_to_float(batch.obs, channels_last=False), batch.action
 
     def redo_batch() -> tuple[torch.Tensor, torch.Tensor]:
         ready = buffer.num_valid() >= args.redo.batch_size
@@ -505,13 +500,13 @@ def main(args: Args) -> dict[str, Any]:
     def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:
         acting = acting_network(nets, interventions)
         pixels = torch.as_tensor(obs, device=device).unsqueeze(0)
-        mean, log_std = acting.actor(acting.encoder(to_float(pixels, args.channels_last)))
+        mean, log_std = acting.actor(acting.encoder(pixels_to_float(pixels, args.channels_last)))
         if deterministic:
             return torch.tanh(mean)[0].cpu().numpy()
         return tanh_gaussian_sample(mean, log_std, torch.randn_like(mean))[0][0].cpu().numpy()
 
     def diagnostics(probe: ReplayBatch) -> dict[str, float]:
-        pixels = to_float(probe.obs, channels_last=False)
+        pixels = pixels_to_float(probe.obs, channels_last=False)
         with torch.no_grad():
             h = nets.encoder(pixels)
             features = nets.critic.features(h, probe.action)
@@ -529,7 +524,7 @@ def main(args: Args) -> dict[str, Any]:
     def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
         # The critic's TD loss on the probe batch without augmentation, with its bootstrap target computed
         # once and held fixed while the Hessian of the encoder and critic parameters is probed.
-        obs, next_obs = to_float(probe.obs, False), to_float(probe.next_obs, False)
+        obs, next_obs = pixels_to_float(probe.obs, False), pixels_to_float(probe.next_obs, False)
         # a' from a fixed noise draw (own generator: the run's random streams are not touched)
         noise = torch.randn(probe.action.shape, generator=torch.Generator().manual_seed(0)).to(device)
         target_q = td_target(nets, target, next_obs, probe, noise)

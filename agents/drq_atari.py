@@ -82,9 +82,9 @@ from plasticrl.networks import (
     NatureCNN,
     XavierUniformInit,
     activation_width_factor,
-    intensity_noise,
+    augment_pixels,
     make_activation,
-    random_shift,
+    pixels_to_float,
     set_initializer,
 )
 
@@ -244,17 +244,9 @@ class QNetwork(nn.Module):
 # ----------------------------------------------------------------------------- losses and update
 
 
-def to_float(obs: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 frames → float in [0, 1] (Dopamine's ``preprocess_inputs_with_augmentation``)."""
-    if channels_last:
-        obs = obs.contiguous(memory_format=torch.channels_last)
-    return obs.float().div_(255.0)
-
-
 def augment(obs: torch.Tensor, args: Args) -> torch.Tensor:
     """Random shift (pad 4, replicate, crop), then intensity noise on float pixels (Dopamine DrQ)."""
-    shifted = random_shift(obs, args.image_pad) if args.image_pad > 0 else obs
-    return intensity_noise(to_float(shifted, args.channels_last), args.intensity_scale)
+    return augment_pixels(obs, args.image_pad, args.intensity_scale, args.channels_last)
 
 
 def double_dqn_target(
@@ -342,7 +334,7 @@ def main(args: Args) -> dict[str, Any]:
         if batch is None:  # before learning starts: the structure is all that matters
             return torch.zeros(size, 4, 84, 84, device=device)
         # Default memory format: a channels-last conv output would hide the last conv's units from ReDo.
-        return to_float(batch.to(device).obs)
+        return pixels_to_float(batch.to(device).obs)
 
     def redo_batch() -> torch.Tensor:
         ready = buffer.num_valid() >= args.redo.batch_size
@@ -363,10 +355,10 @@ def main(args: Args) -> dict[str, Any]:
     @torch.no_grad()
     def q_values(obs: np.ndarray) -> np.ndarray:
         acting = acting_network(q_net, interventions)
-        return acting(to_float(torch.as_tensor(obs, device=device), args.channels_last)).cpu().numpy()
+        return acting(pixels_to_float(torch.as_tensor(obs, device=device), args.channels_last)).cpu().numpy()
 
     def diagnostics(probe: ReplayBatch) -> dict[str, float]:
-        pixels = to_float(probe.obs)
+        pixels = pixels_to_float(probe.obs)
         with torch.no_grad():
             features = q_net.encoder(pixels)
         return measure_parts(
@@ -378,7 +370,7 @@ def main(args: Args) -> dict[str, Any]:
     def curvature_diagnostics(probe: ReplayBatch) -> dict[str, float]:
         # The Huber TD loss on the probe batch (1-step returns, no augmentation) with its bootstrap target
         # computed once and held fixed while the Hessian is probed.
-        obs, next_obs = to_float(probe.obs), to_float(probe.next_obs)
+        obs, next_obs = pixels_to_float(probe.obs), pixels_to_float(probe.next_obs)
         with torch.no_grad():
             next_q = q_net(next_obs)
             target_q = double_dqn_target(next_q, next_q, probe.reward, probe.discount)

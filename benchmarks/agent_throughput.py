@@ -566,7 +566,7 @@ def bench_drq_atari_eval(args: argparse.Namespace) -> None:
     @torch.no_grad()
     def q_values(obs: np.ndarray) -> np.ndarray:  # as drq_atari.main acts
         return (
-            q_net(drq_atari.to_float(torch.as_tensor(obs, device=device), net_args.channels_last))
+            q_net(drq_atari.pixels_to_float(torch.as_tensor(obs, device=device), net_args.channels_last))
             .cpu()
             .numpy()
         )

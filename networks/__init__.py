@@ -6,7 +6,7 @@ address them by reference; any module can be re-drawn from its own initialiser
 (:func:`capture_activations`). Networks take float inputs; scaling pixels by 1/255 is the agent's job.
 """
 
-from .augmentation import intensity_noise, random_shift
+from .augmentation import augment_pixels, intensity_noise, pixels_to_float, random_shift
 from .cnn import (
     Conv2dSame,
     DrQEncoder,
@@ -63,6 +63,7 @@ __all__ = [
     "QEnsemble",
     "ResNet18",
     "XavierUniformInit",
+    "augment_pixels",
     "activation_modules",
     "activation_width_factor",
     "capture_activations",
@@ -74,6 +75,7 @@ __all__ = [
     "make_activation",
     "mlp_param_count",
     "param_matched_hidden_dims",
+    "pixels_to_float",
     "random_shift",
     "reinitialize_",
     "same_padding",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["intensity_noise", "random_shift"]
+__all__ = ["augment_pixels", "intensity_noise", "pixels_to_float", "random_shift"]
 
 
 def random_shift(obs: torch.Tensor, pad: int) -> torch.Tensor:
@@ -29,3 +29,19 @@ def intensity_noise(obs: torch.Tensor, scale: float) -> torch.Tensor:
         return obs
     noise = torch.randn(obs.shape[0], *([1] * (obs.dim() - 1)), device=obs.device, dtype=obs.dtype)
     return obs * (1.0 + scale * noise.clamp_(-2.0, 2.0))
+
+
+def pixels_to_float(obs: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 frames → float in [0, 1] (every pixel agent divides by 255), optionally channels-last."""
+    if channels_last:
+        obs = obs.contiguous(memory_format=torch.channels_last)
+    return obs.float().div_(255.0)
+
+
+def augment_pixels(
+    obs: torch.Tensor, pad: int, intensity_scale: float, channels_last: bool = False
+) -> torch.Tensor:
+    """Random shift of the uint8 frames (``pad`` 0: none), then float in [0, 1], then intensity noise: the
+    augmentation of Dopamine's DrQ(ε) and of BBF (``drq_image_aug``), each image its own draw."""
+    shifted = random_shift(obs, pad) if pad > 0 else obs
+    return intensity_noise(pixels_to_float(shifted, channels_last), intensity_scale)

@@ -276,9 +276,11 @@ def test_priorities_are_the_square_root_of_each_transitions_cross_entropy():
     assert buffer.max_priority == pytest.approx(max(1.0, float(ce.detach().max()) + 1e-10))
 
 
-def _update_with(amp: bool = False, compiled: bool = False) -> tuple[dict, dict]:
+def _update_with(amp: bool = False, compiled: bool = False, augmented: bool = True) -> tuple[dict, dict]:
     args, nets, target, optimizer = _trained()
     args = dataclasses.replace(args, amp=amp)
+    if not augmented:  # compiled code draws its random numbers from its own generator
+        args = dataclasses.replace(args, image_pad=0, intensity_scale=0.0)
     loss_fn = torch.compile(bbf.bbf_loss) if compiled else bbf.bbf_loss
     torch.manual_seed(11)
     metrics, _ = bbf.update(nets, target, optimizer, _batch(6), torch.linspace(-10, 10, 51), args, {"q": []},
@@ -296,8 +298,8 @@ def test_the_amp_update_is_close_to_the_fp32_one():
 
 @pytest.mark.slow  # torch.compile's first compilation takes minutes on two CPU cores
 def test_the_compiled_update_equals_the_eager_one():
-    eager, eager_params = _update_with()
-    compiled, compiled_params = _update_with(compiled=True)
+    eager, eager_params = _update_with(augmented=False)
+    compiled, compiled_params = _update_with(compiled=True, augmented=False)
     assert compiled["losses/total"].item() == pytest.approx(eager["losses/total"].item(), rel=1e-4)
     for name, value in eager_params.items():
         torch.testing.assert_close(compiled_params[name], value, atol=1e-5, rtol=1e-4)
