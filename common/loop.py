@@ -355,6 +355,7 @@ class OffPolicyLoop:
             "charts/SPS": (step - self._start_step) / elapsed,
             "charts/updates": float(self.updates),
         }
+        self.progress.update(0, updates=self.updates)  # (episodes of long games end rarely)
         if self.last_metrics:
             self._check_finite(step)
             names = list(self.last_metrics)
