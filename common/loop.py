@@ -265,14 +265,14 @@ class OffPolicyLoop:
             step.obs, step.action, step.reward, step.next_obs, step.terminated, step.truncated, **skip
         )
         self.global_step += step.agent_steps
-        self.progress.update(step.agent_steps)
+        self.progress.update(step.agent_steps, updates=self.updates)
         for episode_return, length in step.episodes:
             self.last_return = episode_return
             self.run.log_scalars(
                 {"charts/episodic_return": episode_return, "charts/episodic_length": length}, self.global_step
             )
         if step.episodes:
-            self.progress.update(0, ret=self.last_return, updates=self.updates)
+            self.progress.update(0, ret=self.last_return)
         return self.schedule.step(step.agent_steps)
 
     def after_update(self, metrics: Mapping[str, torch.Tensor]) -> None:
@@ -355,7 +355,6 @@ class OffPolicyLoop:
             "charts/SPS": (step - self._start_step) / elapsed,
             "charts/updates": float(self.updates),
         }
-        self.progress.update(0, updates=self.updates)  # (episodes of long games end rarely)
         if self.last_metrics:
             self._check_finite(step)
             names = list(self.last_metrics)

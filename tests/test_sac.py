@@ -614,3 +614,26 @@ def test_a_run_killed_before_its_result_was_written_resumes_to_write_it(tmp_path
     assert result["final_eval_return"] == finished["final_eval_return"]
     assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == checkpoint_time  # nothing to add to it
     assert [int(r["step"]) for r in eval_rows(run_dir)] == [600, 1200]
+
+
+def test_progress_lines_show_the_current_update_count(tmp_path, monkeypatch):
+    """Every progress line's ``updates=`` is the count at that step, not the one of the last log or episode."""
+    import io
+    import re
+
+    from plasticrl.common import loop as loop_module
+
+    stream = io.StringIO()
+
+    class EveryStepProgress(loop_module.Progress):
+        def __init__(self, total, desc, **kwargs):
+            super().__init__(total, desc, **kwargs, every_s=0.0, stream=stream)
+
+    monkeypatch.setattr(loop_module, "Progress", EveryStepProgress)
+    summary = sac.main(tiny_args(tmp_path, total_steps=1100, log_every=10_000, eval_every=1100))
+    lines = re.findall(r"\] (\d+)/1100 steps .*updates=(\d+)", stream.getvalue())
+    assert len(lines) >= 1000
+    for step, updates in ((int(s), int(u)) for s, u in lines):
+        # the line is printed after the env step, before that step's update
+        assert max(0, step - 1 - 1000) <= updates <= max(0, step - 1000), (step, updates)
+    assert summary["updates"] == 100
