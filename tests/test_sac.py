@@ -617,7 +617,7 @@ def test_a_run_killed_before_its_result_was_written_resumes_to_write_it(tmp_path
 
 
 def test_progress_lines_show_the_current_update_count(tmp_path, monkeypatch):
-    """Every progress line's ``updates=`` is the count at that step, not the one of the last log or episode."""
+    """Every progress line's ``updates=`` is the count at that step, not the last log's or episode's."""
     import io
     import re
 
