@@ -55,8 +55,9 @@ Differences from the reference:
 
 GPU path: ``--amp`` (bf16 autocast; losses in fp32), channels-last convolutions, ``--compile`` (the loss
 function under ``torch.compile``), batches staged through pinned host memory into pre-allocated device
-tensors, no host synchronisation inside an update. A full-size update is ~5 s on a 2-core CPU; the CPU-sized
-``--width-scale 1 --hidden-dim 256`` runs at several updates per second for tests and quick experiments.
+tensors, no host synchronisation inside an update. A full-size update took 4.3 s on this project's 2-core CPU
+(1 thread; ``benchmarks/agent_throughput.py --part bbf``); the CPU-sized ``--width-scale 1 --hidden-dim 256``
+runs at 3.4 updates per second there, for tests and quick experiments.
 """
 
 from __future__ import annotations
